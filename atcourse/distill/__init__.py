@@ -1,0 +1,59 @@
+"""Distillation methods: one module per method, all following one contract (base.py).
+
+Methods register a builder under a short name, so the command line, the benchmarks and
+the leaderboard can make any of them from a name::
+
+    method = build_method("kd", student, teacher, alpha=0.9, T=4.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from .base import Baseline, DistillOutput, Distiller, freeze
+
+__all__ = ["Baseline", "DistillOutput", "Distiller", "freeze", "METHODS", "register",
+           "build_method"]
+
+#: name -> builder(student, teacher, **hparams) -> Distiller
+METHODS: dict[str, Callable[..., Distiller]] = {}
+
+
+def register(name: str, *, needs_teacher: bool = True):
+    """Class decorator: make a Distiller buildable by ``build_method(name, ...)``."""
+
+    def deco(cls):
+        def builder(student: nn.Module, teacher: nn.Module | None = None, **hparams: Any):
+            if needs_teacher and teacher is None:
+                raise ValueError(f"method {name!r} needs a teacher; pass teacher=...")
+            return cls(student, teacher, **hparams) if needs_teacher else cls(student, **hparams)
+
+        builder.needs_teacher = needs_teacher  # type: ignore[attr-defined]
+        METHODS[name] = builder
+        return cls
+
+    return deco
+
+
+def build_method(name: str, student: nn.Module, teacher: nn.Module | None = None,
+                 **hparams: Any) -> Distiller:
+    """Build a registered method by name; an unknown name lists the valid ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name](student, teacher, **hparams)
+
+
+register("baseline", needs_teacher=False)(Baseline)
+
+# Importing the method modules registers them (they use ``register`` defined above).
+from .attention import AT as AT  # noqa: E402
+from .attention import ATKD as ATKD  # noqa: E402
+from .attention import at_loss as at_loss  # noqa: E402
+from .attention import attention_alignment as attention_alignment  # noqa: E402
+from .attention import attention_map as attention_map  # noqa: E402
+from .attention import attention_maps as attention_maps  # noqa: E402
+from .kd import KD as KD  # noqa: E402
+from .kd import kd_loss as kd_loss  # noqa: E402

@@ -1,0 +1,124 @@
+"""The one contract every method follows.
+
+A method ("distiller") is an ``nn.Module`` that owns the student, an optional frozen
+teacher and its own hyperparameters. Its forward takes a batch and returns a
+:class:`DistillOutput`: the student's logits and the named loss terms with the weights
+that combine them. The trainer sums nothing itself; it calls ``out.total`` and logs
+every term by name. State a method keeps across epochs lives in the method and is
+updated through :meth:`Distiller.on_epoch_end`; it is saved with checkpoints through
+``get_extra_state``/``set_extra_state``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DistillOutput", "Distiller", "Baseline", "freeze"]
+
+
+@dataclass
+class DistillOutput:
+    """What a method's forward returns.
+
+    Attributes:
+        logits: the student's logits, [B, K] (the trainer measures accuracy on them).
+        loss_terms: unweighted loss terms by name, each a scalar tensor.
+        weights: the weight of each term in the total (a missing name weighs 1).
+    """
+
+    logits: Tensor
+    loss_terms: dict[str, Tensor]
+    weights: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> Tensor:
+        """sum_k weights[k] * loss_terms[k], the quantity that is back-propagated."""
+        terms = iter(self.loss_terms.items())
+        name, value = next(terms)
+        total = self.weights.get(name, 1.0) * value
+        for name, value in terms:
+            total = total + self.weights.get(name, 1.0) * value
+        return total
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: how a teacher is held."""
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+class Distiller(nn.Module):
+    """Base class: a student, an optional frozen teacher, and a loss.
+
+    Subclasses implement :meth:`forward` (images, labels) -> :class:`DistillOutput` and
+    may override :meth:`predict` (inference) and :meth:`on_epoch_end`.
+    """
+
+    #: short name used in run records and tables ("baseline", "kd", "at", ...)
+    name = "distiller"
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
+        super().__init__()
+        self.student = student
+        self.teacher = freeze(teacher) if teacher is not None else None
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # a teacher never leaves eval mode (batch-norm statistics)
+        return self
+
+    def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(images, labels)")
+
+    def predict(self, images: Tensor) -> Tensor:
+        """Logits used for evaluation; the student alone unless a method needs more."""
+        return self.student(images)
+
+    def on_epoch_end(self, epoch: int, summary: dict[str, float]) -> None:
+        """Called by the trainer after each epoch with that epoch's mean loss terms."""
+
+    def hparams(self) -> dict[str, Any]:
+        """The method's hyperparameters, as stored in run records."""
+        return {}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """state_dict without the frozen teacher (what checkpoints store)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+
+    def load_trainable_state(self, state: dict[str, Any]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"checkpoint does not fit {type(self).__name__}: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+
+
+class Baseline(Distiller):
+    """Plain training: cross-entropy and no teacher (the 'student alone' row)."""
+
+    name = "baseline"
+
+    def __init__(self, student: nn.Module, *, label_smoothing: float = 0.0):
+        super().__init__(student)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
+        logits = self.student(images)
+        ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        return DistillOutput(logits, {"ce": ce}, {"ce": 1.0})
+
+    def hparams(self) -> dict[str, Any]:
+        return {"label_smoothing": self.label_smoothing}

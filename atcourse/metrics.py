@@ -1,0 +1,85 @@
+"""What the course measures: accuracy, agreement with the teacher, attention alignment.
+
+Attention alignment uses the ``shapes`` data set's object masks: the share of a map's
+mass that falls on the object. A map spread evenly over the image scores the object's
+area fraction (:func:`uniform_alignment`); a map entirely on the object scores 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import DeviceLoader
+from .runtime import precision_for
+
+__all__ = ["predict_all", "accuracy", "agreement", "mask_alignment", "uniform_alignment"]
+
+Predict = Callable[[Tensor], Tensor] | nn.Module
+
+
+@torch.no_grad()
+def predict_all(predict: Predict, loader: DeviceLoader) -> tuple[Tensor, Tensor]:
+    """Logits [N, K] (float32) and labels [N] of ``predict`` over a loader, in eval mode."""
+    module = predict if isinstance(predict, nn.Module) else getattr(predict, "__self__", None)
+    was_training = isinstance(module, nn.Module) and module.training
+    if isinstance(module, nn.Module):
+        module.eval()
+    precision = precision_for(loader.device)
+    logits, labels = [], []
+    for batch in loader:
+        with precision.autocast():
+            logits.append(predict(batch[0]).float())
+        labels.append(batch[1])
+    if was_training:
+        module.train()
+    return torch.cat(logits), torch.cat(labels)
+
+
+def accuracy(predict: Predict, loader: DeviceLoader) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    logits, labels = predict_all(predict, loader)
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def agreement(student: Predict, teacher: Predict, loader: DeviceLoader) -> float:
+    """Share of images where the student's top-1 class equals the teacher's."""
+    s_logits, _ = predict_all(student, loader)
+    t_logits, _ = predict_all(teacher, loader)
+    return (s_logits.argmax(1) == t_logits.argmax(1)).float().mean().item()
+
+
+def _coverage(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Fraction of each map cell covered by the object: [B, H, W] bool -> [B, h, w]."""
+    cov = masks.float().unsqueeze(1)
+    if cov.shape[-2:] != size:
+        cov = F.adaptive_avg_pool2d(cov, size)
+    return cov.squeeze(1)
+
+
+def mask_alignment(maps: Tensor, masks: Tensor) -> Tensor:
+    """Share of attention mass on the object, per image.
+
+    Args:
+        maps: non-negative attention maps [B, h, w] (any scale; e.g. ``attention_map``).
+        masks: object masks [B, H, W] (bool); pooled to h x w as covered fractions.
+
+    Returns:
+        [B] values in [0, 1]: sum(map * coverage) / sum(map).
+    """
+    if maps.dim() != 3 or masks.dim() != 3 or maps.shape[0] != masks.shape[0]:
+        raise ValueError(f"expected maps [B,h,w] and masks [B,H,W], got {tuple(maps.shape)} "
+                         f"and {tuple(masks.shape)}")
+    if (maps < 0).any():
+        raise ValueError("attention maps must be non-negative (take |A|^p or a softmax first)")
+    maps = maps.float()
+    cov = _coverage(masks, maps.shape[-2:])
+    return (maps * cov).flatten(1).sum(1) / maps.flatten(1).sum(1).clamp_min(1e-12)
+
+
+def uniform_alignment(masks: Tensor) -> Tensor:
+    """What a map spread evenly over the image scores: the object's area fraction, [B]."""
+    return masks.float().flatten(1).mean(1)

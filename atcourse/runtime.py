@@ -1,0 +1,224 @@
+"""Where and how tensors are computed: device choice, seeding, determinism, precision.
+
+The precision policy is one small object, :class:`Precision`, chosen from the device:
+
+- CUDA: bf16 autocast for forward passes and channels_last memory format (tensor cores).
+- CPU: fp32 (bf16 autocast on a laptop CPU is slower and less accurate) in channels_last,
+  which oneDNN's convolutions run faster (WRN-16-1 training, batch 128, 2 cores: 358 ->
+  540 images/s).
+- MPS: plain fp32.
+
+Everything that runs a model (the trainer, the zoo, the benchmarks) asks this module,
+so a notebook never has to care which machine it is on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import sys
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "resolve_device",
+    "seed_everything",
+    "deterministic",
+    "Precision",
+    "precision_for",
+    "env_report",
+    "synchronize",
+]
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn a device request into a ``torch.device``.
+
+    ``auto`` picks cuda, then mps, then cpu. Asking for a device that is not there is an
+    error that says what is available, rather than a crash deep inside a forward pass.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'auto' or 'cuda', not {device!r}")
+    kind = device.split(":")[0]
+    if kind not in DEVICE_CHOICES:
+        raise ValueError(f"unknown device {device!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        built = torch.version.cuda is not None
+        why = (
+            "this PyTorch build has CUDA but no GPU is visible (check nvidia-smi and "
+            "CUDA_VISIBLE_DEVICES)"
+            if built
+            else "this PyTorch build has no CUDA support (install a CUDA build of torch)"
+        )
+        raise RuntimeError(f"device='cuda' was asked for but {why}; use device='auto' or 'cpu'")
+    if kind == "mps" and not _mps_available():
+        raise RuntimeError("device='mps' was asked for but Apple's MPS backend is not available; "
+                           "use device='auto' or 'cpu'")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy (when installed) and torch on every device from one ``seed``.
+
+    Returns a CPU ``torch.Generator`` seeded the same way, for code that wants its own
+    stream of randomness.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, not {seed!r}")
+    random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # numpy is optional
+        pass
+    torch.manual_seed(seed)  # seeds CUDA and MPS too
+    return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool = True):
+    """Make kernels deterministic inside the block (slower on CUDA; free on the CPU).
+
+    CPU training in this package is deterministic anyway for a fixed seed; on CUDA this
+    turns off cuDNN autotuning and asks for deterministic algorithms, warning (not
+    failing) where an op has none.
+    """
+    old = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0], warn_only=old[1])
+        torch.backends.cudnn.benchmark = old[2]
+        torch.backends.cudnn.deterministic = old[3]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision policy for one device.
+
+    Attributes:
+        device: where the model runs.
+        autocast_dtype: ``torch.bfloat16`` on CUDA, else None (fp32).
+        channels_last: use the NHWC memory format for convolutions (CUDA).
+    """
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+
+    def autocast(self, enabled: bool = True):
+        """Context manager for forward passes under this policy."""
+        if self.autocast_dtype is None or not enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Move a model to the device in the policy's memory format."""
+        module = module.to(self.device)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+    @property
+    def name(self) -> str:
+        return "bf16 autocast" if self.autocast_dtype is torch.bfloat16 else "fp32"
+
+
+def precision_for(device: str | torch.device, precision: str = "auto") -> Precision:
+    """The precision policy: ``auto`` is bf16 + channels_last on CUDA, fp32 + channels_last
+    on the CPU, and fp32 on MPS.
+
+    ``precision="fp32"`` forces full precision (and the default memory format) anywhere;
+    ``"bf16"`` asks for bf16 autocast, which must be supported by the device.
+    """
+    dev = resolve_device(device)
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}: choose auto, fp32 or bf16")
+    if precision == "fp32":
+        return Precision(dev, None, False)
+    if precision == "auto" and dev.type != "cuda":
+        return Precision(dev, None, dev.type == "cpu")
+    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RuntimeError("this GPU does not support bf16; use precision='fp32'")
+    return Precision(dev, torch.bfloat16, dev.type == "cuda")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels (needed before reading a wall clock around GPU work)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def env_report(device: str = "auto", *, print_report: bool = True) -> dict:
+    """Versions, the device that ``auto`` picks and the data that is already on disk."""
+    from . import paths
+
+    dev = resolve_device(device)
+    report: dict = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda_build": torch.version.cuda,
+        "device": str(dev),
+        "cpu_threads": torch.get_num_threads(),
+        "precision": precision_for(dev).name,
+    }
+    try:
+        import torchvision
+
+        report["torchvision"] = torchvision.__version__
+    except ImportError:
+        report["torchvision"] = None
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        report["gpu"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+    root = paths.data_root()
+    report["data_root"] = str(root)
+    found = []
+    if root.is_dir():
+        for entry in sorted(root.iterdir()):
+            if entry.name != "README.md":
+                found.append(entry.name)
+    cache = paths.cache_root()
+    if cache.is_dir():
+        found += [f"cache/{p.name}" for p in sorted(cache.iterdir())]
+    report["data_found"] = found
+    if print_report:
+        width = max(len(k) for k in report)
+        for key, value in report.items():
+            if isinstance(value, list):
+                value = ", ".join(value) if value else "(nothing yet)"
+            print(f"{key:<{width}}  {value}")
+    return report

@@ -1,0 +1,167 @@
+"""Cached teachers and baselines: load one, or train it once and save it.
+
+A checkpoint's file name carries a hash of everything that changes its weights
+(architecture, data set and size, the training recipe, the seed), so a different
+recipe never loads a stale model. Training goes through :func:`atcourse.train.fit`
+(with resume, so an interrupted teacher continues where it stopped), and a file lock
+makes two processes asking for the same teacher at once train it only once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import models, paths
+from .config import Config, configure
+from .data import ImageDataset, load_splits
+from .distill.base import Baseline, freeze
+from .runtime import precision_for
+from .train import atomic_save, fit
+
+__all__ = ["teacher", "baseline", "checkpoint_path", "ZOO_VERSION"]
+
+#: Bump when a change to the models or the loop makes old checkpoints wrong.
+ZOO_VERSION = 1
+
+_KEY_PARAMS = (
+    "dataset", "train_size", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+    "schedule", "milestones", "lr_decay", "warmup_epochs", "label_smoothing", "seed",
+)  # fmt: skip
+
+
+def _recipe(arch: str, cfg: Config, epochs: int) -> Config:
+    return cfg.replace(epochs=epochs, arch=arch)
+
+
+def checkpoint_path(arch: str, cfg: Config, *, role: str = "teacher") -> Path:
+    """Where the zoo keeps (or will keep) this model: the name hashes the recipe."""
+    key = {k: cfg.get(k) for k in _KEY_PARAMS}
+    key.update(arch=arch, version=ZOO_VERSION, role=role)
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()
+    return paths.checkpoint_root() / (
+        f"{role}-{arch}-{cfg['dataset'].replace(':', '_').replace('/', '_')}-"
+        f"{cfg['profile']}-s{cfg['seed']}-{digest[:10]}.pt"
+    )
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock between processes (POSIX flock; a no-op where unavailable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no inter-process lock, still correct for one process
+        yield
+        return
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _train_or_load(
+    arch: str,
+    cfg: Config,
+    *,
+    role: str,
+    epochs: int,
+    data: tuple[ImageDataset, ImageDataset] | None,
+    progress: bool,
+    retrain: bool,
+) -> nn.Module:
+    recipe = _recipe(arch, cfg, epochs)
+    path = checkpoint_path(arch, recipe, role=role)
+    with _file_lock(path.with_suffix(".lock")):
+        if path.exists() and not retrain:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            model = models.build(arch, num_classes=saved["num_classes"])
+            model.load_state_dict(saved["state_dict"])
+            info = {k: saved[k] for k in ("history", "final", "recipe", "path") if k in saved}
+            info["cached"] = True
+        else:
+            train_set, test_set = data if data is not None else load_splits(recipe)
+            model = models.build(arch, num_classes=train_set.num_classes)
+            method = Baseline(model, label_smoothing=recipe.get("label_smoothing") or 0.0)
+            name = path.stem
+            result = fit(method, recipe, train_set, test_set, name=name,
+                         run_dir=paths.runs_root() / "zoo" / name, resume=not retrain,
+                         progress=progress)
+            model = result.method.student
+            info = {"history": result.history, "final": result.final,
+                    "recipe": recipe.to_dict(), "path": str(path)}
+            atomic_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                         "arch": arch, "num_classes": train_set.num_classes, **info}, path)
+            info["cached"] = False
+    model = precision_for(cfg["device"], cfg.get("precision") or "auto").prepare(model)
+    model.zoo_info = info  # history and metrics, for plots and tables
+    return freeze(model) if role == "teacher" else model
+
+
+def teacher(
+    arch: str = "wrn_16_2",
+    dataset: str | None = None,
+    profile: str | None = None,
+    seed: int | None = None,
+    *,
+    cfg: Config | None = None,
+    data: tuple[ImageDataset, ImageDataset] | None = None,
+    progress: bool = True,
+    retrain: bool = False,
+) -> nn.Module:
+    """A trained teacher: loaded from ``data/checkpoints`` or trained once and saved.
+
+    Args:
+        arch: a name from :func:`atcourse.models.available`.
+        dataset, profile, seed: the setting (defaults: the profile's data set, ``lab``, 0);
+            ignored where ``cfg`` is given.
+        cfg: a resolved configuration; the teacher trains for ``cfg.teacher_epochs``
+            with the rest of ``cfg``'s recipe.
+        data: (train, test) sets already loaded, to avoid loading them twice.
+        progress: show the training progress bar.
+        retrain: ignore a cached checkpoint.
+
+    Returns:
+        The teacher in eval mode with frozen parameters, with ``model.zoo_info`` holding
+        its training history and final metrics.
+    """
+    cfg = _resolve(cfg, dataset, profile, seed)
+    return _train_or_load(arch, cfg, role="teacher", epochs=cfg["teacher_epochs"], data=data,
+                          progress=progress, retrain=retrain)
+
+
+def baseline(
+    arch: str,
+    dataset: str | None = None,
+    profile: str | None = None,
+    seed: int | None = None,
+    *,
+    cfg: Config | None = None,
+    data: tuple[ImageDataset, ImageDataset] | None = None,
+    progress: bool = True,
+    retrain: bool = False,
+) -> nn.Module:
+    """A model trained alone for the student's budget (``cfg.epochs``), cached like a teacher.
+
+    It is returned trainable (not frozen): it is the "student alone" row, and a starting
+    point for fine-tuning.
+    """
+    cfg = _resolve(cfg, dataset, profile, seed)
+    return _train_or_load(arch, cfg, role="baseline", epochs=cfg["epochs"], data=data,
+                          progress=progress, retrain=retrain)
+
+
+def _resolve(cfg: Config | None, dataset: str | None, profile: str | None,
+             seed: int | None) -> Config:
+    if cfg is not None:
+        return cfg
+    given: dict[str, Any] = {"dataset": dataset, "seed": seed if seed is not None else 0}
+    return configure(profile or "lab", verbose=False, **given)

@@ -1,0 +1,57 @@
+"""Device choice, seeding and the precision policy."""
+
+import pytest
+import torch
+
+from atcourse import runtime
+
+
+def test_auto_picks_an_available_device():
+    dev = runtime.resolve_device("auto")
+    expected = "cuda" if torch.cuda.is_available() else dev.type
+    assert dev.type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_asking_for_cuda_without_one_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="device='cuda'.*'auto' or 'cpu'"):
+        runtime.resolve_device("cuda")
+
+
+def test_unknown_device_lists_choices():
+    with pytest.raises(ValueError, match="auto, cpu, cuda, mps"):
+        runtime.resolve_device("gpu")
+
+
+def test_seed_everything_makes_torch_repeatable():
+    runtime.seed_everything(3)
+    a = torch.randn(5)
+    runtime.seed_everything(3)
+    assert torch.equal(a, torch.randn(5))
+    with pytest.raises(ValueError):
+        runtime.seed_everything(-1)
+
+
+def test_precision_policy():
+    cpu = runtime.precision_for("cpu")
+    assert cpu.autocast_dtype is None and cpu.channels_last and cpu.name == "fp32"
+    plain = runtime.precision_for("cpu", "fp32")
+    assert plain.autocast_dtype is None and not plain.channels_last
+    with pytest.raises(ValueError, match="auto, fp32 or bf16"):
+        runtime.precision_for("cpu", "fp16")
+    if torch.cuda.is_available():
+        gpu = runtime.precision_for("cuda")
+        assert gpu.autocast_dtype is torch.bfloat16 and gpu.channels_last
+
+
+def test_deterministic_restores_settings():
+    before = torch.are_deterministic_algorithms_enabled()
+    with runtime.deterministic():
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_env_report_has_versions_and_device(capsys):
+    report = runtime.env_report("cpu")
+    assert report["torch"] == torch.__version__ and report["device"] == "cpu"
+    assert "data_root" in capsys.readouterr().out

@@ -1,0 +1,64 @@
+"""The teacher zoo: trains once, then loads; the cache key follows the recipe; one trainer."""
+
+import multiprocessing as mp
+
+import pytest
+import torch
+
+from atcourse import config, zoo
+
+
+@pytest.fixture(autouse=True)
+def _tmp_roots(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATCOURSE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("ATCOURSE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("ATCOURSE_PROFILE", raising=False)
+
+
+def _cfg(**over):
+    return config.configure("smoke", verbose=False, device="cpu", train_size=128,
+                            test_size=64, teacher_epochs=1, batch_size=64, **over)
+
+
+def test_trains_once_then_loads_identical_weights():
+    cfg = _cfg()
+    first = zoo.teacher("wrn_10_1", cfg=cfg, progress=False)
+    assert first.zoo_info["cached"] is False
+    assert not first.training and all(not p.requires_grad for p in first.parameters())
+    assert "test_acc" in first.zoo_info["final"]
+    second = zoo.teacher("wrn_10_1", cfg=cfg, progress=False)
+    assert second.zoo_info["cached"] is True
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_cache_key_covers_the_recipe():
+    cfg = _cfg()
+    base = zoo.checkpoint_path("wrn_10_1", cfg)
+    assert zoo.checkpoint_path("wrn_10_1", cfg.replace(lr=0.01)) != base
+    assert zoo.checkpoint_path("wrn_10_1", cfg.replace(seed=1)) != base
+    assert zoo.checkpoint_path("wrn_16_1", cfg) != base
+    assert zoo.checkpoint_path("wrn_10_1", cfg.replace(train_size=100)) != base
+    # where it runs does not change what it learns: same file
+    assert zoo.checkpoint_path("wrn_10_1", cfg.replace(device="auto")) == base
+
+
+def _ask_for_teacher(root, runs, queue):
+    import os
+
+    os.environ["ATCOURSE_DATA"], os.environ["ATCOURSE_RUNS"] = root, runs
+    t = zoo.teacher("wrn_10_1", cfg=_cfg(), progress=False)
+    queue.put(t.zoo_info["cached"])
+
+
+def test_two_processes_train_it_once(tmp_path):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    args = (str(tmp_path / "data"), str(tmp_path / "runs"), queue)
+    procs = [ctx.Process(target=_ask_for_teacher, args=args) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+        assert p.exitcode == 0
+    assert sorted([queue.get(timeout=5), queue.get(timeout=5)]) == [False, True]
