@@ -3,6 +3,7 @@
 #   make test      unit tests, then every notebook re-executed and checked (nbval, smoke)
 #   make lab       open the course in JupyterLab
 #   make notebooks re-execute the notebooks in place in the lab profile (committed outputs)
+#   make student   write student editions (solutions stubbed) into build/student/
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +11,7 @@ BIN    := $(VENV)/bin
 # Extra pip arguments, e.g. PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 PIP_ARGS ?=
 
-.PHONY: course test unit nbtest lab notebooks lint clean-runs
+.PHONY: course test unit nbtest lab notebooks student lint clean-runs
 
 $(BIN)/atcourse: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ lab: $(BIN)/atcourse
 notebooks: $(BIN)/atcourse
 	for nb in notebooks/[0-9][0-9]_*.ipynb; do \
 		$(BIN)/papermill --cwd notebooks -p profile lab "$$nb" "$$nb" || exit 1; done
+
+student: $(BIN)/atcourse
+	$(BIN)/atcourse student
 
 lint: $(BIN)/atcourse
 	$(BIN)/ruff check atcourse tests

@@ -2,6 +2,7 @@
 
     atcourse run [NOTEBOOK ...] --profile smoke --seeds 0,1 -p beta=1000
     atcourse train --arch wrn_16_1 --profile lab
+    atcourse student                     # exercise editions into build/student/
     atcourse doctor
 
 ``atcourse run`` executes notebooks with papermill. Before launching anything it checks
@@ -131,8 +132,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"[atcourse run] {nb.name} {params or ''} -> {out}", flush=True)
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(nb.parent),
-                                progress_bar=args.progress, log_output=args.verbose)
+            pm.execute_notebook(
+                str(nb),
+                str(out),
+                parameters=params,
+                cwd=str(nb.parent),
+                progress_bar=args.progress,
+                log_output=args.verbose,
+            )
             status, error = "ok", ""
         except Exception as exc:  # a failed notebook must not stop the others
             status = "FAILED"
@@ -161,24 +168,39 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from . import data, train
+    from . import data, train, zoo
     from .config import configure
-    from .distill import Baseline
+    from .distill import METHODS, build_method, hparams_from_config
     from .models import build
 
+    if args.method not in METHODS:
+        raise CLIError(
+            f"unknown method {args.method!r}: choose one of {', '.join(sorted(METHODS))}"
+        )
     overrides = dict(parse_assignment(p) for p in args.param)
     try:
-        cfg = configure(args.profile, arch=args.arch, dataset=args.dataset, device=args.device,
-                        seed=args.seed, **overrides)
+        cfg = configure(
+            args.profile,
+            arch=args.arch,
+            dataset=args.dataset,
+            device=args.device,
+            seed=args.seed,
+            **overrides,
+        )
     except ConfigError as exc:
         raise CLIError(str(exc)) from exc
     train_set, test_set = data.load_splits(cfg)
     model = build(cfg.arch, num_classes=train_set.num_classes)
-    result = train.fit(Baseline(model), cfg, train_set, test_set, resume=args.resume,
-                       name=args.name)
+    teacher = None
+    if METHODS[args.method].needs_teacher:
+        teacher = zoo.teacher(args.teacher, cfg=cfg, data=(train_set, test_set))
+    method = build_method(args.method, model, teacher, **hparams_from_config(args.method, cfg))
+    result = train.fit(method, cfg, train_set, test_set, resume=args.resume, name=args.name)
     final = result.final
-    print(f"test accuracy {final.get('test_acc', float('nan')):.2%} after {final['epochs']} "
-          f"epochs, {final['images_per_s']:.0f} images/s; record in {result.run_dir}")
+    print(
+        f"test accuracy {final.get('test_acc', float('nan')):.2%} after {final['epochs']} "
+        f"epochs, {final['images_per_s']:.0f} images/s; record in {result.run_dir}"
+    )
     return 0
 
 
@@ -211,34 +233,72 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cmd_student(args: argparse.Namespace) -> int:
+    from .student import run_cli
+
+    root = paths.repo_root() or Path.cwd()
+    src = args.source or str(root / "notebooks")
+    out = args.output or str(root / "build" / "student")
+    return run_cli(src, out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atcourse", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="execute notebooks with papermill and summarize")
-    run.add_argument("notebooks", nargs="*", help="names like 00 or 02_activation_at (default: all)")
+    run.add_argument(
+        "notebooks", nargs="*", help="names like 00 or 02_activation_at (default: all)"
+    )
     run.add_argument("--profile", choices=sorted(PROFILES), help="smoke, lab or full")
     run.add_argument("--dataset", help="shapes, cifar10, cifar100 or folder:<path>")
     run.add_argument("--device", help="auto, cpu, cuda or mps")
     run.add_argument("--seeds", help="comma-separated seeds, each a separate run (e.g. 0,1,2)")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="set a notebook parameter (repeatable)")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a notebook parameter (repeatable)",
+    )
     run.add_argument("--output", help="folder for executed notebooks (default runs/notebooks/...)")
     run.add_argument("--progress", action="store_true", help="show papermill's cell progress")
     run.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
     run.set_defaults(func=_cmd_run)
 
-    tr = sub.add_parser("train", help="train one model alone through the course's loop")
-    tr.add_argument("--arch", default="wrn_16_1", help="architecture (default wrn_16_1)")
+    tr = sub.add_parser("train", help="train one student (alone or distilled) through the loop")
+    tr.add_argument("--arch", default="wrn_16_1", help="student architecture (default wrn_16_1)")
+    tr.add_argument(
+        "--method",
+        default="baseline",
+        help="baseline (alone), kd, at, at+kd, ... (default baseline)",
+    )
+    tr.add_argument(
+        "--teacher",
+        default="wrn_16_2",
+        help="teacher architecture, from the zoo (default wrn_16_2)",
+    )
     tr.add_argument("--profile", default="lab", choices=sorted(PROFILES))
     tr.add_argument("--dataset", default=None, help="default: the profile's")
     tr.add_argument("--device", default=None, help="auto, cpu, cuda or mps")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--name", default=None, help="run name (folder under runs/)")
     tr.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
-    tr.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a parameter, e.g. -p epochs=3 (repeatable)")
+    tr.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter, e.g. -p epochs=3 -p beta=1000 (repeatable)",
+    )
     tr.set_defaults(func=_cmd_train)
+
+    st = sub.add_parser("student", help="write student editions (solutions stubbed, no outputs)")
+    st.add_argument("--source", help="folder of course notebooks (default notebooks/)")
+    st.add_argument("--output", help="where editions go (default build/student/)")
+    st.set_defaults(func=_cmd_student)
 
     doc = sub.add_parser("doctor", help="report versions, device and data; check the setup")
     doc.add_argument("--device", default="auto")

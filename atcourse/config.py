@@ -62,12 +62,17 @@ class Param:
             )
         if self.choices is not None and value not in self.choices:
             if not (isinstance(value, str) and value.startswith(self.prefix_ok or ("\0",))):
-                extra = f" or {', '.join(p + '...' for p in self.prefix_ok)}" if self.prefix_ok else ""
+                extra = (
+                    f" or {', '.join(p + '...' for p in self.prefix_ok)}" if self.prefix_ok else ""
+                )
                 raise ConfigError(
                     f"parameter {name!r} = {value!r} is not valid: choose one of "
                     f"{', '.join(map(repr, self.choices))}{extra}"
                 )
-        for bound, ok, word in ((self.min, lambda v, b: v >= b, ">="), (self.max, lambda v, b: v <= b, "<=")):
+        for bound, ok, word in (
+            (self.min, lambda v, b: v >= b, ">="),
+            (self.max, lambda v, b: v <= b, "<="),
+        ):
             if bound is None:
                 continue
             items = value if isinstance(value, tuple) else (value,)
@@ -91,14 +96,18 @@ _MODEL_NAMES = (
 PARAMS: dict[str, Param] = {
     # --- where and what
     "profile": Param(str, "smoke, lab or full", choices=("smoke", "lab", "full"), nullable=False),
-    "dataset": Param(str, "the data set", choices=("shapes", "cifar10", "cifar100"),
-                     prefix_ok=("folder:",)),
-    "device": Param(str, "where to train", choices=("auto", "cpu", "cuda", "mps"),
-                    prefix_ok=("cuda:",)),
-    "precision": Param(str, "auto: bf16 autocast on CUDA, fp32 elsewhere",
-                       choices=("auto", "fp32", "bf16")),
-    "seed": Param(int, "one seed for data order, augmentation and initialisation", min=0,
-                  nullable=False),
+    "dataset": Param(
+        str, "the data set", choices=("shapes", "cifar10", "cifar100"), prefix_ok=("folder:",)
+    ),
+    "device": Param(
+        str, "where to train", choices=("auto", "cpu", "cuda", "mps"), prefix_ok=("cuda:",)
+    ),
+    "precision": Param(
+        str, "auto: bf16 autocast on CUDA, fp32 elsewhere", choices=("auto", "fp32", "bf16")
+    ),
+    "seed": Param(
+        int, "one seed for data order, augmentation and initialisation", min=0, nullable=False
+    ),
     # --- models
     "arch": Param(str, "model architecture", choices=_MODEL_NAMES, prefix_ok=("wrn_",)),
     "teacher_arch": Param(str, "teacher architecture", choices=_MODEL_NAMES, prefix_ok=("wrn_",)),
@@ -114,20 +123,23 @@ PARAMS: dict[str, Param] = {
     "momentum": Param(float, "SGD momentum", min=0.0, max=1.0),
     "weight_decay": Param(float, "L2 weight decay", min=0.0),
     "schedule": Param(str, "learning-rate schedule", choices=("step", "cosine", "constant")),
-    "milestones": Param(tuple, "step schedule: fractions of training where lr drops", min=0.0,
-                        max=1.0),
+    "milestones": Param(
+        tuple, "step schedule: fractions of training where lr drops", min=0.0, max=1.0
+    ),
     "lr_decay": Param(float, "step schedule: factor at each milestone", min=0.0, max=1.0),
     "warmup_epochs": Param(int, "linear warm-up epochs", min=0),
     "label_smoothing": Param(float, "label smoothing of the cross-entropy", min=0.0, max=1.0),
     # --- method knobs (KD, activation AT)
-    "alpha": Param(float, "KD: weight of the soft loss; CE gets 1 - alpha", min=0.0, max=1.0,
-                   default=0.9),
+    "alpha": Param(
+        float, "KD: weight of the soft loss; CE gets 1 - alpha", min=0.0, max=1.0, default=0.9
+    ),
     "T": Param(float, "KD: softmax temperature", min=1e-3, default=4.0),
     "beta": Param(float, "weight of the attention-transfer term", min=0.0),
     "p": Param(float, "AT: the power p in |A|^p", min=0.5, default=2.0),
     "at_mode": Param(str, "AT loss form", choices=("code", "paper"), default="code"),
-    "reduce": Param(str, "AT: how channels are reduced", choices=("sum", "mean", "max"),
-                    default="mean"),
+    "reduce": Param(
+        str, "AT: how channels are reduced", choices=("sum", "mean", "max"), default="mean"
+    ),
     "sweep": Param(tuple, "values for the notebook's sweep (None: the profile decides)"),
 }
 

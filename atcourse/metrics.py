@@ -71,8 +71,10 @@ def mask_alignment(maps: Tensor, masks: Tensor) -> Tensor:
         [B] values in [0, 1]: sum(map * coverage) / sum(map).
     """
     if maps.dim() != 3 or masks.dim() != 3 or maps.shape[0] != masks.shape[0]:
-        raise ValueError(f"expected maps [B,h,w] and masks [B,H,W], got {tuple(maps.shape)} "
-                         f"and {tuple(masks.shape)}")
+        raise ValueError(
+            f"expected maps [B,h,w] and masks [B,H,W], got {tuple(maps.shape)} "
+            f"and {tuple(masks.shape)}"
+        )
     if (maps < 0).any():
         raise ValueError("attention maps must be non-negative (take |A|^p or a softmax first)")
     maps = maps.float()

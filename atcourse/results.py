@@ -44,11 +44,16 @@ def code_version() -> str:
         try:
             sha = subprocess.run(
                 ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                capture_output=True, text=True, timeout=5, check=True,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
             ).stdout.strip()
             dirty = subprocess.run(
                 ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True, text=True, timeout=5,
+                capture_output=True,
+                text=True,
+                timeout=5,
             ).stdout.strip()
             return f"{__version__}+{sha}{'.dirty' if dirty else ''}"
         except (OSError, subprocess.SubprocessError):
@@ -65,7 +70,8 @@ def run_meta(name: str, method: Any, cfg: Any, *, device: torch.device, precisio
         "name": name,
         "method": getattr(method, "name", type(method).__name__),
         "student": getattr(student, "arch", type(student).__name__),
-        "teacher": getattr(teacher, "arch", type(teacher).__name__) if teacher is not None
+        "teacher": getattr(teacher, "arch", type(teacher).__name__)
+        if teacher is not None
         else None,
         "student_params": n_params,
         "params": cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
@@ -97,8 +103,15 @@ def final_metrics(history: Sequence[dict[str, Any]]) -> dict[str, float]:
     return final
 
 
-def write_record(run_dir: Path, meta: dict, history: list[dict], *, complete: bool,
-                 timer: str = "", extra: dict | None = None) -> Path:
+def write_record(
+    run_dir: Path,
+    meta: dict,
+    history: list[dict],
+    *,
+    complete: bool,
+    timer: str = "",
+    extra: dict | None = None,
+) -> Path:
     """Write ``record.json`` atomically (temporary file, then rename)."""
     record = dict(meta)
     record["history"] = history
@@ -145,8 +158,9 @@ def load_records(root: str | Path | None = None, *, complete_only: bool = True) 
 GROUP_KEYS = ("method", "dataset", "teacher", "student", "profile")
 
 
-def leaderboard(records: Iterable[dict] | None = None, *,
-                metric: str = "test_acc") -> list[dict[str, Any]]:
+def leaderboard(
+    records: Iterable[dict] | None = None, *, metric: str = "test_acc"
+) -> list[dict[str, Any]]:
     """Mean and standard deviation of ``metric`` over seeds, per method and setting.
 
     Records are grouped by method, data set, teacher, student and profile. Each row has
@@ -157,8 +171,13 @@ def leaderboard(records: Iterable[dict] | None = None, *,
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for rec in records:
         params = rec.get("params", {})
-        key = (rec.get("method"), params.get("dataset"), rec.get("teacher"),
-               rec.get("student"), params.get("profile"))
+        key = (
+            rec.get("method"),
+            params.get("dataset"),
+            rec.get("teacher"),
+            rec.get("student"),
+            params.get("profile"),
+        )
         groups[key].append(rec)
     rows = []
     for key, recs in groups.items():

@@ -70,8 +70,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         )
         raise RuntimeError(f"device='cuda' was asked for but {why}; use device='auto' or 'cpu'")
     if kind == "mps" and not _mps_available():
-        raise RuntimeError("device='mps' was asked for but Apple's MPS backend is not available; "
-                           "use device='auto' or 'cpu'")
+        raise RuntimeError(
+            "device='mps' was asked for but Apple's MPS backend is not available; "
+            "use device='auto' or 'cpu'"
+        )
     return torch.device(device)
 
 

@@ -138,8 +138,11 @@ def evaluate(
         count += labels.numel()
     if isinstance(module, nn.Module) and was_training:
         module.train()
-    return {"acc": correct.item() / max(count, 1), "loss": loss_sum.item() / max(count, 1),
-            "n": count}
+    return {
+        "acc": correct.item() / max(count, 1),
+        "loss": loss_sum.item() / max(count, 1),
+        "n": count,
+    }
 
 
 def _check_finite(sums: dict[str, torch.Tensor], epoch: int, step: int, steps: int) -> None:
@@ -208,8 +211,14 @@ def fit(
     optimizer = torch.optim.SGD(
         params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
     )
-    train_loader = DeviceLoader(train_set, cfg["batch_size"], train=True, device=device,
-                                seed=cfg["seed"], channels_last=precision.channels_last)
+    train_loader = DeviceLoader(
+        train_set,
+        cfg["batch_size"],
+        train=True,
+        device=device,
+        seed=cfg["seed"],
+        channels_last=precision.channels_last,
+    )
     test_loader = (
         DeviceLoader(test_set, max(cfg["batch_size"], 256), train=False, device=device,
                      channels_last=precision.channels_last)
@@ -228,8 +237,11 @@ def fit(
     ckpt_path = run_dir / "checkpoint.pt"
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        differ = {k: (state["train_params"].get(k), v) for k, v in train_params.items()
-                  if _normalise(state["train_params"].get(k)) != _normalise(v)}
+        differ = {
+            k: (state["train_params"].get(k), v)
+            for k, v in train_params.items()
+            if _normalise(state["train_params"].get(k)) != _normalise(v)
+        }
         if differ:
             raise ValueError(
                 f"cannot resume {run_dir}: its checkpoint was trained with different "
@@ -248,8 +260,15 @@ def fit(
     meta = results.run_meta(name, method, cfg, device=device, precision=precision.name)
     epochs = cfg["epochs"]
     check_every = 1 if device.type == "cpu" else 50
-    bar = tqdm(total=epochs * steps, initial=start_epoch * steps, desc=name,
-               disable=not progress, unit="step", leave=True, dynamic_ncols=True)
+    bar = tqdm(
+        total=epochs * steps,
+        initial=start_epoch * steps,
+        desc=name,
+        disable=not progress,
+        unit="step",
+        leave=True,
+        dynamic_ncols=True,
+    )
     timer_kind = "cuda events" if device.type == "cuda" else "perf_counter"
     try:
         for epoch in range(start_epoch, epochs):
@@ -261,7 +280,10 @@ def fit(
             synchronize(device)
             wall0 = time.perf_counter()
             if device.type == "cuda":
-                ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                ev0, ev1 = (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
+                )
                 ev0.record()
             for step, (images, labels) in enumerate(train_loader):
                 for group in optimizer.param_groups:
@@ -311,8 +333,9 @@ def fit(
             }  # fmt: skip
             if record:
                 atomic_save(state, ckpt_path)
-                results.write_record(run_dir, meta, history, complete=epoch + 1 == epochs,
-                                     timer=timer_kind)
+                results.write_record(
+                    run_dir, meta, history, complete=epoch + 1 == epochs, timer=timer_kind
+                )
             postfix = {"loss": f"{row['loss_total']:.3f}", "train": f"{row['train_acc']:.1%}"}
             if "test_acc" in row:
                 postfix["test"] = f"{row['test_acc']:.1%}"
@@ -323,8 +346,9 @@ def fit(
         bar.close()
 
     final = results.final_metrics(history)
-    return TrainResult(name=name, history=history, final=final,
-                       run_dir=run_dir if record else None, method=method)
+    return TrainResult(
+        name=name, history=history, final=final, run_dir=run_dir if record else None, method=method
+    )
 
 
 def _normalise(value: Any) -> Any:

@@ -45,16 +45,16 @@ def image_grid(
     n = images.shape[0]
     ncols = min(ncols, n)
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + 0.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(scale * ncols, scale * nrows + 0.3), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i >= n:
             continue
         ax.imshow(to_rgb(images[i]), interpolation="nearest")
         if masks is not None:
-            ax.contour(masks[i].cpu().float().numpy(), levels=[0.5], colors="white",
-                       linewidths=0.8)
+            ax.contour(masks[i].cpu().float().numpy(), levels=[0.5], colors="white", linewidths=0.8)
         if labels is not None:
             label = int(labels[i])
             ax.set_title(classes[label] if classes else str(label), fontsize=8)
@@ -64,14 +64,22 @@ def image_grid(
     return fig
 
 
-def overlay(ax: Any, image: Tensor, heat: Tensor, *, alpha: float = 0.55,
-            cmap: str = "jet", title: str | None = None) -> None:
+def overlay(
+    ax: Any,
+    image: Tensor,
+    heat: Tensor,
+    *,
+    alpha: float = 0.55,
+    cmap: str = "jet",
+    title: str | None = None,
+) -> None:
     """Draw ``heat`` [h,w] (upsampled bilinearly) over ``image`` [3,H,W] on one axis."""
     rgb = to_rgb(image)
     heat = heat.detach().float().cpu()
     if heat.shape != rgb.shape[:2]:
-        heat = torch.nn.functional.interpolate(heat[None, None], size=rgb.shape[:2],
-                                               mode="bilinear", align_corners=False)[0, 0]
+        heat = torch.nn.functional.interpolate(
+            heat[None, None], size=rgb.shape[:2], mode="bilinear", align_corners=False
+        )[0, 0]
     heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
     ax.imshow(rgb, interpolation="nearest")
     ax.imshow(heat.numpy(), cmap=cmap, alpha=alpha, interpolation="bilinear")
@@ -105,9 +113,16 @@ def plot_history(
     return fig
 
 
-def bar_chart(values: Mapping[str, float], *, ylabel: str = "", title: str = "",
-              errors: Mapping[str, float] | None = None, fmt: str = "{:.1f}",
-              reference: float | None = None, reference_label: str = "") -> Figure:
+def bar_chart(
+    values: Mapping[str, float],
+    *,
+    ylabel: str = "",
+    title: str = "",
+    errors: Mapping[str, float] | None = None,
+    fmt: str = "{:.1f}",
+    reference: float | None = None,
+    reference_label: str = "",
+) -> Figure:
     """Bars with their values written on top; an optional dashed reference line."""
     names = list(values)
     fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2.0, 3.2))
@@ -115,8 +130,13 @@ def bar_chart(values: Mapping[str, float], *, ylabel: str = "", title: str = "",
     yerr = [errors.get(n, 0.0) for n in names] if errors else None
     bars = ax.bar(names, [values[n] for n in names], color=colors, yerr=yerr, capsize=3)
     for bar, name in zip(bars, names):
-        ax.annotate(fmt.format(values[name]), (bar.get_x() + bar.get_width() / 2,
-                    bar.get_height()), ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            fmt.format(values[name]),
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     if reference is not None:
         ax.axhline(reference, ls="--", color="gray", lw=1, label=reference_label)
         if reference_label:

@@ -92,14 +92,32 @@ def _train_or_load(
             model = models.build(arch, num_classes=train_set.num_classes)
             method = Baseline(model, label_smoothing=recipe.get("label_smoothing") or 0.0)
             name = path.stem
-            result = fit(method, recipe, train_set, test_set, name=name,
-                         run_dir=paths.runs_root() / "zoo" / name, resume=not retrain,
-                         progress=progress)
+            result = fit(
+                method,
+                recipe,
+                train_set,
+                test_set,
+                name=name,
+                run_dir=paths.runs_root() / "zoo" / name,
+                resume=not retrain,
+                progress=progress,
+            )
             model = result.method.student
-            info = {"history": result.history, "final": result.final,
-                    "recipe": recipe.to_dict(), "path": str(path)}
-            atomic_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                         "arch": arch, "num_classes": train_set.num_classes, **info}, path)
+            info = {
+                "history": result.history,
+                "final": result.final,
+                "recipe": recipe.to_dict(),
+                "path": str(path),
+            }
+            atomic_save(
+                {
+                    "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "arch": arch,
+                    "num_classes": train_set.num_classes,
+                    **info,
+                },
+                path,
+            )
             info["cached"] = False
     model = precision_for(cfg["device"], cfg.get("precision") or "auto").prepare(model)
     model.zoo_info = info  # history and metrics, for plots and tables
@@ -134,8 +152,15 @@ def teacher(
         its training history and final metrics.
     """
     cfg = _resolve(cfg, dataset, profile, seed)
-    return _train_or_load(arch, cfg, role="teacher", epochs=cfg["teacher_epochs"], data=data,
-                          progress=progress, retrain=retrain)
+    return _train_or_load(
+        arch,
+        cfg,
+        role="teacher",
+        epochs=cfg["teacher_epochs"],
+        data=data,
+        progress=progress,
+        retrain=retrain,
+    )
 
 
 def baseline(
@@ -155,12 +180,20 @@ def baseline(
     point for fine-tuning.
     """
     cfg = _resolve(cfg, dataset, profile, seed)
-    return _train_or_load(arch, cfg, role="baseline", epochs=cfg["epochs"], data=data,
-                          progress=progress, retrain=retrain)
+    return _train_or_load(
+        arch,
+        cfg,
+        role="baseline",
+        epochs=cfg["epochs"],
+        data=data,
+        progress=progress,
+        retrain=retrain,
+    )
 
 
-def _resolve(cfg: Config | None, dataset: str | None, profile: str | None,
-             seed: int | None) -> Config:
+def _resolve(
+    cfg: Config | None, dataset: str | None, profile: str | None, seed: int | None
+) -> Config:
     if cfg is not None:
         return cfg
     given: dict[str, Any] = {"dataset": dataset, "seed": seed if seed is not None else 0}

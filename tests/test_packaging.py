@@ -32,7 +32,9 @@ def test_environment_yml_mirrors_pyproject():
         if in_deps and m:
             listed.add(CONDA_NAMES.get(m.group(1).lower(), m.group(1).lower()))
     listed -= {"python", "pip"}
-    assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+    assert listed == wanted, (
+        f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+    )
 
 
 def test_torch_is_not_pinned_exactly():

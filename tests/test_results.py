@@ -9,14 +9,23 @@ from atcourse import results
 
 
 def _record(method, seed, acc, student="wrn_16_1", complete=True):
-    return {"method": method, "student": student, "teacher": "wrn_16_2", "complete": complete,
-            "params": {"dataset": "shapes", "profile": "lab", "seed": seed},
-            "final": {"test_acc": acc, "epoch_time_s": 2.0}}
+    return {
+        "method": method,
+        "student": student,
+        "teacher": "wrn_16_2",
+        "complete": complete,
+        "params": {"dataset": "shapes", "profile": "lab", "seed": seed},
+        "final": {"test_acc": acc, "epoch_time_s": 2.0},
+    }
 
 
 def test_leaderboard_mean_and_std_over_seeds():
-    recs = [_record("kd", 0, 0.80), _record("kd", 1, 0.84), _record("kd", 2, 0.85),
-            _record("baseline", 0, 0.70)]
+    recs = [
+        _record("kd", 0, 0.80),
+        _record("kd", 1, 0.84),
+        _record("kd", 2, 0.85),
+        _record("baseline", 0, 0.70),
+    ]
     rows = {r["method"]: r for r in results.leaderboard(recs)}
     assert rows["kd"]["n"] == 3 and rows["kd"]["seeds"] == [0, 1, 2]
     assert rows["kd"]["mean"] == pytest.approx((0.80 + 0.84 + 0.85) / 3)
@@ -36,10 +45,24 @@ def test_load_records_skips_incomplete(tmp_path):
 
 
 def test_final_metrics():
-    hist = [{"epoch": 1, "test_acc": 0.5, "train_acc": 0.4, "train_time_s": 2.0,
-             "wall_time_s": 2.5, "images_per_s": 100.0},
-            {"epoch": 2, "test_acc": 0.6, "train_acc": 0.55, "train_time_s": 4.0,
-             "wall_time_s": 4.5, "images_per_s": 50.0}]
+    hist = [
+        {
+            "epoch": 1,
+            "test_acc": 0.5,
+            "train_acc": 0.4,
+            "train_time_s": 2.0,
+            "wall_time_s": 2.5,
+            "images_per_s": 100.0,
+        },
+        {
+            "epoch": 2,
+            "test_acc": 0.6,
+            "train_acc": 0.55,
+            "train_time_s": 4.0,
+            "wall_time_s": 4.5,
+            "images_per_s": 50.0,
+        },
+    ]
     final = results.final_metrics(hist)
     assert final["test_acc"] == 0.6 and final["best_test_acc"] == 0.6
     assert final["train_time_s"] == 6.0 and final["epoch_time_s"] == 3.0

@@ -8,7 +8,7 @@ from torch import nn
 
 from atcourse import config, models
 from atcourse.data import load_dataset
-from atcourse.distill import Baseline, DistillOutput, Distiller
+from atcourse.distill import Baseline, Distiller, DistillOutput
 from atcourse.train import NonFiniteLossError, atomic_save, fit, lr_at
 
 
@@ -20,12 +20,18 @@ def _tmp_roots(tmp_path, monkeypatch):
 
 
 def _tiny(n_train=256, n_test=128, **over):
-    cfg = config.configure("smoke", verbose=False, device="cpu", train_size=n_train,
-                           test_size=n_test, batch_size=64, **over)
+    cfg = config.configure(
+        "smoke",
+        verbose=False,
+        device="cpu",
+        train_size=n_train,
+        test_size=n_test,
+        batch_size=64,
+        **over,
+    )
     train_set = load_dataset("shapes", "train", size=n_train)
     test_set = load_dataset("shapes", "test", size=n_test)
     return cfg, train_set, test_set
-
 
 
 def test_history_logs_every_term_and_record_is_written(tmp_path):
@@ -33,8 +39,16 @@ def test_history_logs_every_term_and_record_is_written(tmp_path):
     result = fit(Baseline(models.build("wrn_10_1")), cfg, tr, te, name="t", progress=False)
     assert [r["epoch"] for r in result.history] == [1, 2]
     row = result.history[-1]
-    for key in ("loss_ce", "loss_total", "train_acc", "test_acc", "images_per_s", "lr",
-                "train_time_s", "wall_time_s"):
+    for key in (
+        "loss_ce",
+        "loss_total",
+        "train_acc",
+        "test_acc",
+        "images_per_s",
+        "lr",
+        "train_time_s",
+        "wall_time_s",
+    ):
         assert key in row, key
     record = json.loads((result.run_dir / "record.json").read_text())
     assert record["complete"] and record["method"] == "baseline"
@@ -44,8 +58,9 @@ def test_history_logs_every_term_and_record_is_written(tmp_path):
 
 def test_training_reduces_the_loss():
     cfg, tr, te = _tiny(n_train=512, epochs=3, lr=0.05)
-    result = fit(Baseline(models.build("wrn_10_1")), cfg, tr, te, name="learn", progress=False,
-                 record=False)
+    result = fit(
+        Baseline(models.build("wrn_10_1")), cfg, tr, te, name="learn", progress=False, record=False
+    )
     losses = result.series("loss_ce")
     assert losses[-1] < losses[0]
 
@@ -56,8 +71,9 @@ class _Exploding(Distiller):
     def forward(self, images, labels):
         logits = self.student(images)
         bad = logits.sum() * float("nan")
-        return DistillOutput(logits, {"ce": nn.functional.cross_entropy(logits, labels),
-                                      "boom": bad})
+        return DistillOutput(
+            logits, {"ce": nn.functional.cross_entropy(logits, labels), "boom": bad}
+        )
 
 
 def test_nan_stops_with_the_term_named():
@@ -70,25 +86,41 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
     cfg, tr, te = _tiny(epochs=3)
 
     torch.manual_seed(0)
-    full = fit(Baseline(models.build("wrn_10_1")), cfg, tr, te, run_dir=tmp_path / "a",
-               progress=False)
+    full = fit(
+        Baseline(models.build("wrn_10_1")), cfg, tr, te, run_dir=tmp_path / "a", progress=False
+    )
 
     def interrupt(epoch, row):
         if epoch == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(Baseline(models.build("wrn_10_1")), cfg, tr, te, run_dir=tmp_path / "b",
-            progress=False, callbacks=[interrupt])
+        fit(
+            Baseline(models.build("wrn_10_1")),
+            cfg,
+            tr,
+            te,
+            run_dir=tmp_path / "b",
+            progress=False,
+            callbacks=[interrupt],
+        )
     saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert saved["epoch"] == 1
     # a fresh process would build a fresh (differently initialised) model: resume must
     # overwrite it completely
-    resumed = fit(Baseline(models.build("wrn_10_1")), cfg, tr, te, run_dir=tmp_path / "b",
-                  progress=False, resume=True)
+    resumed = fit(
+        Baseline(models.build("wrn_10_1")),
+        cfg,
+        tr,
+        te,
+        run_dir=tmp_path / "b",
+        progress=False,
+        resume=True,
+    )
     assert len(resumed.history) == 3
-    for (k, a), b in zip(full.method.student.state_dict().items(),
-                         resumed.method.student.state_dict().values()):
+    for (k, a), b in zip(
+        full.method.student.state_dict().items(), resumed.method.student.state_dict().values()
+    ):
         assert torch.equal(a, b), k
     assert resumed.history[-1]["test_acc"] == full.history[-1]["test_acc"]
 
@@ -97,8 +129,15 @@ def test_resume_refuses_a_different_recipe(tmp_path):
     cfg, tr, te = _tiny(epochs=1)
     fit(Baseline(models.build("wrn_10_1")), cfg, tr, te, run_dir=tmp_path / "r", progress=False)
     with pytest.raises(ValueError, match="different parameters.*lr"):
-        fit(Baseline(models.build("wrn_10_1")), cfg.replace(lr=0.5), tr, te,
-            run_dir=tmp_path / "r", progress=False, resume=True)
+        fit(
+            Baseline(models.build("wrn_10_1")),
+            cfg.replace(lr=0.5),
+            tr,
+            te,
+            run_dir=tmp_path / "r",
+            progress=False,
+            resume=True,
+        )
 
 
 def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -120,8 +159,14 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypa
 
 
 def test_lr_schedules():
-    cfg = {"lr": 0.1, "epochs": 200, "schedule": "step", "milestones": (0.3, 0.6, 0.8),
-           "lr_decay": 0.2, "warmup_epochs": 0}
+    cfg = {
+        "lr": 0.1,
+        "epochs": 200,
+        "schedule": "step",
+        "milestones": (0.3, 0.6, 0.8),
+        "lr_decay": 0.2,
+        "warmup_epochs": 0,
+    }
     assert lr_at(cfg, 59.9) == pytest.approx(0.1)
     assert lr_at(cfg, 60) == pytest.approx(0.02)
     assert lr_at(cfg, 170) == pytest.approx(0.1 * 0.2**3)

@@ -16,8 +16,16 @@ def _tmp_roots(tmp_path, monkeypatch):
 
 
 def _cfg(**over):
-    return config.configure("smoke", verbose=False, device="cpu", train_size=128,
-                            test_size=64, teacher_epochs=1, batch_size=64, **over)
+    return config.configure(
+        "smoke",
+        verbose=False,
+        device="cpu",
+        train_size=128,
+        test_size=64,
+        teacher_epochs=1,
+        batch_size=64,
+        **over,
+    )
 
 
 def test_trains_once_then_loads_identical_weights():

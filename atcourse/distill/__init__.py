@@ -13,10 +13,18 @@ from typing import Any
 
 from torch import nn
 
-from .base import Baseline, DistillOutput, Distiller, freeze
+from .base import Baseline, Distiller, DistillOutput, freeze
 
-__all__ = ["Baseline", "DistillOutput", "Distiller", "freeze", "METHODS", "register",
-           "build_method"]
+__all__ = [
+    "Baseline",
+    "DistillOutput",
+    "Distiller",
+    "freeze",
+    "METHODS",
+    "register",
+    "build_method",
+    "hparams_from_config",
+]
 
 #: name -> builder(student, teacher, **hparams) -> Distiller
 METHODS: dict[str, Callable[..., Distiller]] = {}
@@ -32,18 +40,45 @@ def register(name: str, *, needs_teacher: bool = True):
             return cls(student, teacher, **hparams) if needs_teacher else cls(student, **hparams)
 
         builder.needs_teacher = needs_teacher  # type: ignore[attr-defined]
+        builder.cls = cls  # type: ignore[attr-defined]
         METHODS[name] = builder
         return cls
 
     return deco
 
 
-def build_method(name: str, student: nn.Module, teacher: nn.Module | None = None,
-                 **hparams: Any) -> Distiller:
+def build_method(
+    name: str, student: nn.Module, teacher: nn.Module | None = None, **hparams: Any
+) -> Distiller:
     """Build a registered method by name; an unknown name lists the valid ones."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: choose one of {', '.join(sorted(METHODS))}")
     return METHODS[name](student, teacher, **hparams)
+
+
+#: configuration names whose constructor argument is named differently
+_CONFIG_ALIASES = {"mode": "at_mode"}
+
+
+def hparams_from_config(name: str, cfg: Any) -> dict[str, Any]:
+    """The keyword arguments of method ``name`` that ``cfg`` sets (None values skipped).
+
+    Maps constructor arguments to configuration names (``mode`` <- ``at_mode``), so a
+    notebook or the command line can build any method from one validated config.
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: choose one of {', '.join(sorted(METHODS))}")
+    import inspect
+
+    params = inspect.signature(METHODS[name].cls).parameters
+    kwargs = {}
+    for arg, param in params.items():
+        if param.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        key = _CONFIG_ALIASES.get(arg, arg)
+        if key in cfg and cfg[key] is not None:
+            kwargs[arg] = cfg[key]
+    return kwargs
 
 
 register("baseline", needs_teacher=False)(Baseline)

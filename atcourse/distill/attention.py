@@ -1,0 +1,432 @@
+"""Activation-based attention transfer (AT).
+
+Zagoruyko & Komodakis, "Paying More Attention to Attention: Improving the Performance of
+Convolutional Neural Networks via Attention Transfer", ICLR 2017.
+
+A spatial attention map says where a layer's activations are strong. From an activation
+tensor A of one image, [C, H, W], Section 3.1 defines three maps [H, W]:
+
+    F_sum(A)   = sum_c |A_c|
+    F_sum^p(A) = sum_c |A_c|^p      (p = 2 by default; larger p favours the strongest spots)
+    F_max^p(A) = max_c |A_c|^p
+
+The student is trained to make its maps, at several depths, look like the teacher's.
+Paper, Eq. 2, with Q^j = vec(F(A^j)) the flattened map of layer pair j::
+
+    L_AT = CE + beta / 2 * sum_j || Q_S^j / ||Q_S^j||_2 - Q_T^j / ||Q_T^j||_2 ||_p
+
+The reference implementation squares the difference and averages it over positions and
+the batch instead, with beta = 1e3; :func:`at_loss` computes both forms (``mode``).
+Without the L2 normalisation of each map, training fails: the loss would chase the
+activations' scale rather than their layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..metrics import mask_alignment
+from ..models import Taps, tap_points
+from . import register
+from .base import Distiller, DistillOutput
+from .kd import kd_loss
+
+__all__ = [
+    "attention_map",
+    "at_loss",
+    "attention_maps",
+    "attention_alignment",
+    "AT",
+    "ATKD",
+    "CODE_BETA",
+    "PAPER_BETA",
+]
+
+_REDUCE = ("sum", "mean", "max")
+_MODES = ("code", "paper")
+
+#: Default AT weight in "code" mode (the reference implementation's beta).
+CODE_BETA = 1e3
+#: Default beta in "paper" mode (Eq. 2's beta, so the term weighs beta / 2); see :class:`AT`.
+PAPER_BETA = 2.5
+
+
+def attention_map(
+    features: Tensor, p: float = 2, reduce: str = "mean", normalize: bool = True
+) -> Tensor:
+    """Spatial attention map of a feature tensor (Section 3.1).
+
+    Args:
+        features: activations [B, C, H, W].
+        p: the power in |A|^p (p = 1 with ``reduce="sum"`` is F_sum).
+        reduce: how the C channels of |A|^p are combined: ``"sum"`` (F_sum^p), ``"mean"``
+            (F_sum^p / C, what the reference code uses) or ``"max"`` (F_max^p).
+        normalize: divide each sample's flattened map by its L2 norm (Eq. 2's
+            Q / ||Q||_2), so only the layout counts, not the scale. After normalizing,
+            ``"sum"`` and ``"mean"`` give the same map.
+
+    Returns:
+        [B, H, W] non-negative maps, float32 (reduced-precision inputs are upcast so the
+        channel reduction and the norm do not lose digits).
+    """
+    if features.dim() != 4:
+        raise ValueError(
+            f"attention_map expects features [B, C, H, W], got shape {tuple(features.shape)}"
+            + (
+                " (a ViT block output [B, N, C]? reshape its patch tokens to a grid first)"
+                if features.dim() == 3
+                else ""
+            )
+        )
+    if reduce not in _REDUCE:
+        raise ValueError(f"reduce must be one of {', '.join(_REDUCE)}; got {reduce!r}")
+    powered = features.float().abs().pow(p)  # [B, C, H, W]
+    if reduce == "sum":
+        maps = powered.sum(dim=1)
+    elif reduce == "mean":
+        maps = powered.mean(dim=1)
+    else:
+        maps = powered.amax(dim=1)
+    if normalize:
+        maps = F.normalize(maps.flatten(1), dim=1).view_as(maps)  # [B, H*W] -> [B, H, W]
+    return maps
+
+
+def _match_sizes(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    """Average-pool whichever feature map is larger down to the other's H x W."""
+    size = (min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1]))
+    if student.shape[-2:] != size:
+        student = F.adaptive_avg_pool2d(student, size)
+    if teacher.shape[-2:] != size:
+        teacher = F.adaptive_avg_pool2d(teacher, size)
+    return student, teacher
+
+
+def at_loss(
+    student_features: Tensor,
+    teacher_features: Tensor,
+    p: float = 2,
+    mode: str = "code",
+    reduce: str = "mean",
+) -> Tensor:
+    """Attention-transfer loss of one layer pair.
+
+    Both feature tensors become normalized attention maps Q / ||Q||_2 (flattened,
+    :func:`attention_map`); their difference d, [B, H*W], is then reduced:
+
+    - ``"code"``: the reference implementation, ``mean_{b, i} d[b, i]^2``
+      (mean over the batch and the H*W positions of the squared difference);
+    - ``"paper"``: Eq. 2's term, ``mean_b ||d[b]||_p`` (the L_p norm, not squared,
+      averaged over the batch). The paper uses one letter, p, for the power of |A| and the
+      norm type, and sets both to 2; so does this function. Eq. 2's ``beta / 2`` is not
+      applied here: it is the method's weight (:class:`AT`).
+
+    Args:
+        student_features: [B, C_s, H_s, W_s], in the autograd graph.
+        teacher_features: [B, C_t, H_t, W_t], treated as constants (detached). Channel
+            counts may differ: the maps are per position.
+        p: power of |A| in the map (and, in paper mode, the norm type).
+        mode: ``"code"`` or ``"paper"``.
+        reduce: channel reduction of the map (:func:`attention_map`).
+
+    Returns:
+        A scalar. When H and W differ, the larger features are average-pooled
+        (``adaptive_avg_pool2d``) to the smaller size before the maps are taken.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {', '.join(_MODES)}; got {mode!r}")
+    if student_features.dim() != 4 or teacher_features.dim() != 4:
+        raise ValueError(
+            "at_loss expects features [B, C, H, W], got "
+            f"{tuple(student_features.shape)} and {tuple(teacher_features.shape)}"
+        )
+    if student_features.shape[0] != teacher_features.shape[0]:
+        raise ValueError(
+            f"batch sizes differ: student {student_features.shape[0]}, "
+            f"teacher {teacher_features.shape[0]}"
+        )
+    student, teacher = _match_sizes(student_features, teacher_features.detach())
+    diff = attention_map(student, p, reduce).flatten(1) - attention_map(teacher, p, reduce).flatten(
+        1
+    )  # [B, H*W]
+    if mode == "code":
+        return diff.pow(2).mean()
+    return diff.norm(p=p, dim=1).mean()
+
+
+def _layer_list(layers: Sequence[str] | str) -> list[str]:
+    return [layers] if isinstance(layers, str) else list(layers)
+
+
+def _default_beta(mode: str) -> float:
+    return CODE_BETA if mode == "code" else PAPER_BETA
+
+
+@register("at")
+class AT(Distiller):
+    """Activation-based attention transfer: ``CE + w * sum_j at_loss_j``.
+
+    Layer pairs j default to each model's ``tap_points(model, "groups")`` (for a WRN the
+    outputs of group0..group2, the pre-activation residual stream). One forward of the
+    student and one of the teacher (under ``no_grad``) are read through
+    :class:`~atcourse.models.Taps`.
+
+    Weights: ``"ce"`` 1; ``"at"`` ``beta`` in code mode, ``beta / 2`` in paper mode (Eq. 2
+    writes ``beta / 2``).
+
+    Default beta. Code mode: 1e3, the reference implementation's. Paper mode: 2.5, the
+    value that makes the paper form weigh what code mode with beta = 1e3 weighs, at the
+    distances a student reaches under AT. Per layer, with d the difference of the
+    normalized maps (N = H*W positions, delta = ||d||_2, at most sqrt(2) since both maps
+    are non-negative unit vectors)::
+
+        code:  beta_c / N * delta^2     gradient norm w.r.t. d:  2 * beta_c * delta / N
+        paper: beta_p / 2 * delta       gradient norm w.r.t. d:  beta_p / 2
+
+    Equal values need ``beta_p = 2 * beta_c * delta / N``, equal gradients twice that.
+    Summed over the three WRN groups on 32x32 inputs (N = 1024, 256, 64), with the
+    distances measured for wrn_16_1 learning from a briefly trained wrn_16_2 on ``shapes``
+    under code-mode AT (delta ~= 0.22, 0.19, 0.19; about 0.7 at initialisation, about 0.5
+    after the same training without AT): the code term is
+    1e3 * sum_j delta_j^2 / N_j ~= 0.74 and sum_j delta_j ~= 0.60, so equal values give
+    beta_p ~= 2 * 0.74 / 0.60 ~= 2.5. Matching gradients instead would give 5 to 7, but the
+    paper form's gradient does not fade as delta falls (like an L1 penalty), so it would
+    then push harder than code mode for the rest of training; the value match is the
+    default. The "about 0.1" the paper quotes ("1e3 divided by the number of elements in
+    the attention map and the batch size") belongs to a squared norm summed over the
+    batch, the code's form, not to Eq. 2 as written, and does not carry over.
+
+    Args:
+        student, teacher: the networks (the teacher is frozen here).
+        beta: weight of the AT term (None: 1e3 in code mode, 2.5 in paper mode).
+        p: power of |A| (and the norm type in paper mode).
+        mode: ``"code"`` or ``"paper"`` (:func:`at_loss`).
+        reduce: channel reduction of the maps (``"sum"``/``"mean"`` coincide once
+            normalized; ``"max"`` differs).
+        layers: student layer names (None: its ``"groups"`` tap points).
+        teacher_layers: teacher layer names, paired in order with ``layers`` (None: the
+            same names as ``layers`` when those were given, else the teacher's
+            ``"groups"`` tap points).
+        log_layers: also return each pair's loss as ``"at/<student layer>"``, detached and
+            with weight 0, so it is logged but does not count twice in the total.
+
+    Loss terms: ``"ce"``, ``"at"`` (sum over layer pairs) and, with ``log_layers``, one
+    ``"at/<layer>"`` per pair.
+    """
+
+    name = "at"
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        *,
+        beta: float | None = None,
+        p: float = 2.0,
+        mode: str = "code",
+        reduce: str = "mean",
+        layers: Sequence[str] | None = None,
+        teacher_layers: Sequence[str] | None = None,
+        log_layers: bool = True,
+    ):
+        # Everything is checked before the base class freezes the teacher, so a bad
+        # argument leaves both models as they were.
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {', '.join(_MODES)}; got {mode!r}")
+        if reduce not in _REDUCE:
+            raise ValueError(f"reduce must be one of {', '.join(_REDUCE)}; got {reduce!r}")
+        if beta is not None and beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        s_layers = _layer_list(layers) if layers is not None else tap_points(student, "groups")
+        if teacher_layers is not None:
+            t_layers = _layer_list(teacher_layers)
+        else:
+            t_layers = list(s_layers) if layers is not None else tap_points(teacher, "groups")
+        if len(s_layers) != len(t_layers) or not s_layers:
+            raise ValueError(
+                "AT pairs student and teacher layers one to one, but got "
+                f"{len(s_layers)} student layers {s_layers} and "
+                f"{len(t_layers)} teacher layers {t_layers}; pass "
+                "layers=[...] and teacher_layers=[...] of the same length"
+            )
+        Taps(student, s_layers).remove()  # a misspelt name fails here, with suggestions
+        Taps(teacher, t_layers).remove()
+        super().__init__(student, teacher)
+        self.layers, self.teacher_layers = s_layers, t_layers
+        self.beta = float(_default_beta(mode) if beta is None else beta)
+        self.p = float(p)
+        self.mode = mode
+        self.reduce = reduce
+        self.log_layers = log_layers
+
+    @property
+    def at_weight(self) -> float:
+        """Weight of the "at" term in the total: beta (code) or beta / 2 (paper, Eq. 2)."""
+        return self.beta if self.mode == "code" else self.beta / 2
+
+    def _student_forward(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        with Taps(self.student, self.layers) as taps:
+            logits = self.student(images)
+        return logits, [taps[name] for name in self.layers]
+
+    def _teacher_forward(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        with torch.no_grad(), Taps(self.teacher, self.teacher_layers, detach=True) as taps:
+            logits = self.teacher(images)
+        return logits, [taps[name] for name in self.teacher_layers]
+
+    def _at_terms(
+        self, student_feats: list[Tensor], teacher_feats: list[Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, float]]:
+        per_layer = [
+            at_loss(s, t, self.p, self.mode, self.reduce)
+            for s, t in zip(student_feats, teacher_feats, strict=True)
+        ]
+        terms: dict[str, Tensor] = {"at": torch.stack(per_layer).sum()}
+        weights: dict[str, float] = {"at": self.at_weight}
+        if self.log_layers:
+            for name, value in zip(self.layers, per_layer, strict=True):
+                # Detached with weight 0: logged per layer, already counted in "at".
+                terms[f"at/{name}"] = value.detach()
+                weights[f"at/{name}"] = 0.0
+        return terms, weights
+
+    def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
+        """images [B, 3, H, W], labels [B] -> student logits [B, K] and {"ce", "at", ...}."""
+        logits, student_feats = self._student_forward(images)
+        _, teacher_feats = self._teacher_forward(images)
+        at_terms, at_weights = self._at_terms(student_feats, teacher_feats)
+        terms = {"ce": F.cross_entropy(logits, labels), **at_terms}
+        return DistillOutput(logits, terms, {"ce": 1.0, **at_weights})
+
+    def hparams(self) -> dict[str, Any]:
+        return {
+            "beta": self.beta,
+            "p": self.p,
+            "mode": self.mode,
+            "reduce": self.reduce,
+            "layers": list(self.layers),
+            "teacher_layers": list(self.teacher_layers),
+        }
+
+
+@register("at+kd")
+class ATKD(AT):
+    """AT and Hinton KD together: ``(1 - alpha) * CE + alpha * kd_loss + w * sum_j at_loss_j``.
+
+    The paper's "AT+KD" column: both terms at once, from the same student and teacher
+    forwards. ``w`` is beta (code mode) or beta / 2 (paper mode), as in :class:`AT`;
+    ``alpha`` and ``T`` as in :class:`~atcourse.distill.kd.KD` (alpha weighs the soft term).
+
+    Loss terms: ``"ce"``, ``"kd"``, ``"at"`` (and the weight-0 ``"at/<layer>"`` ones).
+    """
+
+    name = "at+kd"
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        *,
+        alpha: float = 0.9,
+        T: float = 4.0,
+        **at_kwargs: Any,
+    ):
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        if T <= 0:
+            raise ValueError(f"temperature T must be positive, got {T}")
+        super().__init__(student, teacher, **at_kwargs)
+        self.alpha = float(alpha)
+        self.T = float(T)
+
+    def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
+        logits, student_feats = self._student_forward(images)
+        teacher_logits, teacher_feats = self._teacher_forward(images)
+        at_terms, at_weights = self._at_terms(student_feats, teacher_feats)
+        terms = {
+            "ce": F.cross_entropy(logits, labels),
+            "kd": kd_loss(logits, teacher_logits, self.T),
+            **at_terms,
+        }
+        weights = {"ce": 1.0 - self.alpha, "kd": self.alpha, **at_weights}
+        return DistillOutput(logits, terms, weights)
+
+    def hparams(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "T": self.T, **super().hparams()}
+
+
+@torch.no_grad()
+def _tapped_features(
+    model: nn.Module, images: Tensor, layers: Sequence[str] | str | None
+) -> dict[str, Tensor]:
+    """One eval-mode forward of ``model``; the features of ``layers`` by name."""
+    names = tap_points(model, "groups") if layers is None else _layer_list(layers)
+    was_training = model.training
+    model.eval()
+    try:
+        with Taps(model, names, detach=True) as taps:
+            model(images)
+    finally:
+        model.train(was_training)
+    return {name: taps[name] for name in names}
+
+
+def attention_maps(
+    model: nn.Module,
+    images: Tensor,
+    layers: Sequence[str] | str | None = None,
+    p: float = 2,
+    reduce: str = "mean",
+    normalize: bool = True,
+) -> dict[str, Tensor]:
+    """Attention maps of a model's layers for a batch of images, for figures and metrics.
+
+    Runs one forward in eval mode under ``no_grad`` (the model's mode is restored).
+
+    Args:
+        model: any network taking ``images``.
+        images: [B, 3, H, W] (on the model's device).
+        layers: layer names (None: the model's ``"groups"`` tap points).
+        p, reduce, normalize: as in :func:`attention_map`.
+
+    Returns:
+        ``{layer: [B, H_l, W_l]}`` in the order of ``layers``.
+    """
+    feats = _tapped_features(model, images, layers)
+    return {
+        name: attention_map(f, p=p, reduce=reduce, normalize=normalize) for name, f in feats.items()
+    }
+
+
+def attention_alignment(
+    model: nn.Module,
+    images: Tensor,
+    masks: Tensor,
+    layers: Sequence[str] | str | None = None,
+    p: float = 2,
+    reduce: str = "mean",
+) -> dict[str, Tensor]:
+    """Share of each layer's attention mass that falls on the object, per image.
+
+    Uses un-normalized maps: :func:`~atcourse.metrics.mask_alignment` is a ratio
+    (mass on the object / total mass), so any per-image scale, the L2 normalization
+    included, cancels; skipping it avoids an eps that would matter only for all-zero maps.
+
+    Args:
+        model: any network taking ``images``.
+        images: [B, 3, H, W].
+        masks: object masks [B, H, W] (bool), pooled to each map's size.
+        layers: layer names (None: the model's ``"groups"`` tap points).
+        p, reduce: as in :func:`attention_map`.
+
+    Returns:
+        ``{layer: [B]}``, values in [0, 1] (1: all attention on the object).
+    """
+    maps = attention_maps(model, images, layers, p=p, reduce=reduce, normalize=False)
+    masks = masks.to(images.device)
+    return {name: mask_alignment(m, masks) for name, m in maps.items()}

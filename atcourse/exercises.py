@@ -1,0 +1,650 @@
+"""Checkers for the notebooks' exercises.
+
+In a notebook an exercise is a solution cell, whose solution lines sit between a line
+``# BEGIN SOLUTION`` and a line ``# END SOLUTION`` (the student edition replaces them with
+a stub that raises ``NotImplementedError``), followed by a check cell::
+
+    atcourse.exercises.check_kd_loss(my_kd_loss)
+
+A checker runs the learner's function on small fixed tensors, compares it with the
+reference implementation in :mod:`atcourse.distill`, and when they differ raises
+:class:`ExerciseError` whose message names the likely mistake (a missing ``T**2``, a
+``KLDivLoss`` reduction that also divides by the number of classes, a map normalized over
+the wrong dimension, ...). A correct answer prints one line starting with "✓".
+
+"Explain why" exercises are multiple choice: :func:`question` shows one,
+:func:`check_choice` checks an answer and explains a wrong one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .distill.attention import at_loss, attention_map
+from .distill.kd import kd_loss
+
+__all__ = [
+    "ExerciseError",
+    "check_kd_loss",
+    "check_softmax_T",
+    "check_attention_map",
+    "check_at_loss",
+    "check_reduction_bug",
+    "check_choice",
+    "question",
+    "QUESTIONS",
+]
+
+
+class ExerciseError(AssertionError):
+    """A wrong answer to an exercise; the message says what is probably wrong."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ok(message: str) -> None:
+    print(f"✓ {message}")
+
+
+def _inputs(*shape: int, seed: int, scale: float = 2.0) -> Tensor:
+    """Fixed inputs: the same numbers on every machine (CPU generator, float32)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen) * scale
+
+
+def _call(fn: Callable[..., Any], *args: Any, hint: str = "") -> Any:
+    """Call the learner's function; a crash becomes an ExerciseError that shows the inputs.
+
+    ``NotImplementedError`` passes through untouched: it is the student edition's stub
+    saying the exercise is not done yet, not a wrong answer.
+    """
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise
+    except Exception as err:
+        shapes = ", ".join(str(list(a.shape)) if isinstance(a, Tensor) else repr(a) for a in args)
+        raise ExerciseError(
+            f"your function raised {type(err).__name__}: {err}\n"
+            f"(called with {shapes}){' ' + hint if hint else ''}"
+        ) from err
+
+
+def _as_tensor(value: Any, what: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (int, float)):
+        return torch.tensor(float(value))
+    raise ExerciseError(f"{what} should return a tensor, got {type(value).__name__}")
+
+
+def _close(a: Tensor, b: Tensor, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
+    if a.shape != b.shape:
+        return False
+    return bool(torch.allclose(a.detach().float(), b.detach().float(), rtol=rtol, atol=atol))
+
+
+def _diagnose(
+    got: Tensor, expected: Tensor, mistakes: Sequence[tuple[Tensor, str]], what: str
+) -> None:
+    """Raise with the message of the first known mistake ``got`` matches, else a generic one."""
+    if _close(got, expected):
+        return
+    for wrong, message in mistakes:
+        if _close(got, wrong):
+            raise ExerciseError(message)
+    if got.numel() == 1 and expected.numel() == 1:
+        raise ExerciseError(
+            f"{what}: expected {expected.item():.6f}, got {got.item():.6f} "
+            f"(ratio {got.item() / expected.item():.4g})"
+            if expected.item() != 0
+            else f"{what}: expected 0, got {got.item():.6f}"
+        )
+    err = (got.detach().float() - expected).abs().max().item()
+    raise ExerciseError(f"{what}: values differ from the reference (largest difference {err:.3g})")
+
+
+def _require_scalar(value: Tensor, batch: int, classes_or_positions: int, what: str) -> None:
+    if value.dim() == 0 or value.numel() == 1:
+        return
+    shape = list(value.shape)
+    if shape == [batch]:
+        raise ExerciseError(
+            f"{what} returned one value per sample, shape {shape}: average over the batch "
+            "too (the loss is a scalar)"
+        )
+    if len(shape) == 2 and shape[0] == batch:
+        raise ExerciseError(
+            f"{what} returned shape {shape}: sum over dim 1 ({classes_or_positions} "
+            "entries per sample), then average over the batch, to get a scalar"
+        )
+    raise ExerciseError(f"{what} should return a scalar (0-d tensor), got shape {shape}")
+
+
+def _teacher_gets_no_grad(
+    fn: Callable[..., Any], student: Tensor, teacher: Tensor, *rest: Any, what: str
+) -> None:
+    """The teacher is a fixed target: a loss must not send gradients into its outputs."""
+    s = student.clone().requires_grad_(True)
+    t = teacher.clone().requires_grad_(True)
+    out = _as_tensor(_call(fn, s, t, *rest), what)
+    if not out.requires_grad:
+        raise ExerciseError(
+            f"{what} is not differentiable w.r.t. the student's input: did you call .item(), "
+            "detach the student, or compute it under torch.no_grad()?"
+        )
+    s_grad, t_grad = torch.autograd.grad(out.sum(), (s, t), allow_unused=True)
+    if s_grad is None or not torch.any(s_grad != 0):
+        raise ExerciseError(f"{what} sends no gradient to the student: it cannot train it")
+    if t_grad is not None and torch.any(t_grad != 0):
+        raise ExerciseError(
+            f"{what} sends gradients into the teacher's tensor: detach it "
+            "(teacher.detach()) so the teacher is a fixed target"
+        )
+
+
+# --------------------------------------------------------------------------- KD
+
+
+def check_softmax_T(fn: Callable[[Tensor, float], Tensor]) -> None:
+    """Check ``fn(logits [B, K], T) -> probabilities [B, K]``, softmax(logits / T) per row.
+
+    Hinton et al. 2015, Eq. 1: q_i = exp(z_i / T) / sum_j exp(z_j / T).
+    """
+    what = "softmax_T"
+    logits, T = _inputs(3, 5, seed=1), 4.0
+    got = _as_tensor(_call(fn, logits, T), what)
+    if got.shape != logits.shape:
+        raise ExerciseError(
+            f"wrong output shape: expected {list(logits.shape)} (same as the logits), "
+            f"got {list(got.shape)}"
+        )
+    expected = torch.softmax(logits / T, dim=1)
+    _diagnose(
+        got,
+        expected,
+        [
+            (torch.softmax(logits, dim=1), "you ignored T: divide the logits by T first"),
+            (torch.softmax(logits * T, dim=1), "you multiplied by T: divide the logits by T"),
+            (
+                torch.softmax(logits / T, dim=0),
+                "you reduced over the wrong dimension: that normalizes over the batch "
+                "(dim=0); each row (one sample's K classes, dim=1) must sum to 1",
+            ),
+            (
+                torch.log_softmax(logits / T, dim=1),
+                "you returned log-probabilities (log_softmax); return probabilities",
+            ),
+            (torch.exp(logits / T), "the rows do not sum to 1: divide exp(z / T) by its row sum"),
+        ],
+        what,
+    )
+    # A temperature near 0 or large logits overflow a naive exp(z) / sum(exp(z)).
+    big = logits * 200.0
+    got_big = _as_tensor(_call(fn, big, 1.0), what)
+    if not torch.isfinite(got_big).all():
+        raise ExerciseError(
+            "your softmax overflows on large logits (inf / inf = nan): subtract each row's "
+            "max before exp, or use torch.softmax"
+        )
+    _diagnose(got_big, torch.softmax(big, dim=1), [], what + " on large logits")
+    _ok("softmax_T: correct, rows sum to 1 and large logits are stable")
+
+
+def check_kd_loss(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
+    """Check ``fn(student_logits [B, K], teacher_logits [B, K], T) -> scalar``.
+
+    The reference is :func:`atcourse.distill.kd_loss`: T^2 * KL(p_T || p_S), summed over
+    classes, averaged over the batch (Hinton et al. 2015).
+    """
+    what = "kd_loss"
+    B, K, T = 4, 5, 4.0
+    s, t = _inputs(B, K, seed=2), _inputs(B, K, seed=3)
+    got = _as_tensor(_call(fn, s, t, T), what)
+    _require_scalar(got, B, K, what)
+    got = got.reshape(())
+    expected = kd_loss(s, t, T)
+
+    log_ps, log_pt = F.log_softmax(s / T, 1), F.log_softmax(t / T, 1)
+    p_s, p_t = log_ps.exp(), log_pt.exp()
+    entropy_t = -(p_t * log_pt).sum(1).mean()
+    reverse = (p_s * (log_ps - log_pt)).sum(1).mean() * T * T
+    no_temp = (
+        F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="batchmean", log_target=True)
+        * T
+        * T
+    )
+    probs_as_input = (p_t * (log_pt - p_s)).sum(1).mean() * T * T
+    mistakes = [
+        (expected / (T * T), "your loss is T^2 too small: did you forget to multiply by T**2?"),
+        (expected / T, "your loss is T too small: multiply by T**2, not by T"),
+        (
+            expected / K,
+            "you averaged over classes too: KLDivLoss(reduction='mean') divides by B*K, "
+            "use reduction='batchmean' (sum over classes, mean over the batch)",
+        ),
+        (
+            expected / (K * T * T),
+            "two mistakes: KLDivLoss(reduction='mean') divides by B*K (use "
+            "reduction='batchmean'), and the T**2 factor is missing",
+        ),
+        (
+            expected * B,
+            "you summed over the batch too (reduction='sum'): average over the batch "
+            "(reduction='batchmean') so the loss does not grow with the batch size",
+        ),
+        (
+            expected + T * T * entropy_t,
+            "you used cross-entropy with soft targets: it differs from KL by the teacher's "
+            "entropy (same gradient, but not 0 when the student matches the teacher); "
+            "subtract it, or use KL",
+        ),
+        (
+            expected / (T * T) + entropy_t,
+            "you used cross-entropy with soft targets and no T**2: it differs from KL by the "
+            "teacher's entropy, and the T**2 factor is missing",
+        ),
+        (
+            reverse,
+            "you computed KL(p_S || p_T), the reverse direction: F.kl_div(input, target) "
+            "wants input = log-probabilities of the student and target = the teacher's",
+        ),
+        (
+            probs_as_input,
+            "F.kl_div's first argument must be log-probabilities (F.log_softmax), not "
+            "probabilities",
+        ),
+        (no_temp, "you did not soften the logits: divide both by T before the softmax"),
+        (-expected, "your loss has the wrong sign: KL is >= 0"),
+    ]
+    _diagnose(got, expected, mistakes, what)
+
+    same = _as_tensor(_call(fn, s, s.clone(), T), what).reshape(())
+    if abs(same.item()) > 1e-5:
+        raise ExerciseError(
+            f"your loss is {same.item():.4f}, not 0, when student and teacher logits are "
+            "equal: a cross-entropy with soft targets leaves the teacher's entropy in"
+        )
+    _teacher_gets_no_grad(fn, s, t, T, what=what)
+    _ok(f"kd_loss: correct ({got.item():.4f} on the test logits, 0 for equal logits)")
+
+
+def check_reduction_bug(
+    reduction: str, factor: float, num_classes: int = 10, batch_size: int = 128
+) -> None:
+    """Check the fix for a KD line that uses ``nn.KLDivLoss()`` with its default reduction.
+
+    The exercise shows::
+
+        loss = nn.KLDivLoss()(F.log_softmax(s / T, dim=1), F.softmax(t / T, dim=1)) * T**2
+
+    on logits [batch_size, num_classes] and asks (1) which ``reduction=`` makes it Hinton's loss
+    (sum over classes, mean over the batch) and (2) by what factor the buggy line is too
+    small. The reduction is checked by running ``nn.KLDivLoss(reduction=...)``.
+
+    Args:
+        reduction: the learner's fix, a string passed to ``nn.KLDivLoss``.
+        factor: how many times too small the buggy loss is.
+        num_classes: K in the exercise's statement.
+        batch_size: B in the exercise's statement (to recognise a factor of B or B*K).
+    """
+    valid = ("none", "mean", "sum", "batchmean")
+    if reduction not in valid:
+        raise ExerciseError(f"nn.KLDivLoss accepts reduction in {valid}; got {reduction!r}")
+    B, K, T = batch_size, num_classes, 4.0
+    if reduction == "mean":
+        raise ExerciseError(
+            "'mean' is the buggy default itself: it averages over all B*K entries, so it "
+            "divides by the number of classes K as well as the batch size B"
+        )
+    if reduction == "none":
+        raise ExerciseError(
+            "'none' returns the [B, K] elementwise terms: you would still have to sum over "
+            "classes and average over the batch, which is exactly reduction='batchmean'"
+        )
+    if reduction == "sum":
+        raise ExerciseError(
+            "'sum' adds over the batch too: the loss would grow with the batch size (and the "
+            "learning rate would have to shrink with it); divide by B, i.e. 'batchmean'"
+        )
+    # Only 'batchmean' is left: run it, so the answer is checked by what it computes.
+    s, t = _inputs(8, K, seed=4), _inputs(8, K, seed=5)
+    fixed = nn.KLDivLoss(reduction=reduction)(F.log_softmax(s / T, 1), F.softmax(t / T, 1))
+    if not _close(fixed * T * T, kd_loss(s, t, T)):  # pragma: no cover - would be a torch change
+        raise ExerciseError("nn.KLDivLoss(reduction='batchmean') did not reproduce kd_loss")
+    if math.isclose(factor, B * K, rel_tol=1e-6) or math.isclose(factor, 1 / K, rel_tol=1e-6):
+        raise ExerciseError(
+            f"the reduction is right, the factor is not: the buggy line divides by B*K, the "
+            f"right one by B, so the buggy loss is K = {K} times too small (multiply by K)"
+        )
+    if math.isclose(factor, B, rel_tol=1e-6):
+        raise ExerciseError(
+            f"the reduction is right, the factor is not: both lines divide by the batch size "
+            f"B = {B}; the extra division is by the number of classes, K = {K}"
+        )
+    if not math.isclose(factor, K, rel_tol=1e-6):
+        raise ExerciseError(
+            f"the reduction is right, the factor is not: compare 'mean' (divides by B*K) "
+            f"with 'batchmean' (divides by B) for K = {K} classes"
+        )
+    _ok(f"reduction='batchmean' fixes it; the default was {K} times too small (K = {K})")
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def check_attention_map(fn: Callable[[Tensor, float], Tensor]) -> None:
+    """Check ``fn(features [B, C, H, W], p) -> [B, H, W]``.
+
+    The exercise's map is :func:`atcourse.distill.attention_map` with ``reduce="mean"``:
+    mean over channels of |A|^p, then each sample's flattened map divided by its L2 norm
+    (Zagoruyko & Komodakis 2017, Section 3.1 and the normalization of Eq. 2).
+    """
+    what = "attention_map"
+    B, C, H, W = 2, 3, 4, 5  # all different, so a wrong reduction shows in the shape
+    x = _inputs(B, C, H, W, seed=6)
+    got = _as_tensor(_call(fn, x, 2), what)
+    if got.shape != (B, H, W):
+        if got.shape == (B, H * W):
+            hint = "you returned the flattened map: reshape it back to [B, H, W]"
+        elif got.dim() == 3 and got.shape != (B, H, W):
+            hint = "you reduced over the wrong dimension: channels are dim 1 of [B, C, H, W]"
+        elif got.dim() == 4:
+            hint = "you did not reduce over the channels (dim 1)"
+        else:
+            hint = "reduce over the channels (dim 1) only"
+        raise ExerciseError(
+            f"wrong output shape: expected [B,H,W] = {[B, H, W]}, got {list(got.shape)}: {hint}"
+        )
+
+    def per_sample(m: Tensor) -> Tensor:
+        return F.normalize(m.flatten(1), dim=1).view_as(m)
+
+    sq = x.pow(2)
+    expected = attention_map(x, p=2, reduce="mean")
+    raw = sq.mean(1)
+    not_normalized = (
+        "your map is not normalized per sample: divide each sample's flattened map by its "
+        "L2 norm (F.normalize(am.flatten(1), dim=1))"
+    )
+    _diagnose(
+        got,
+        expected,
+        [
+            (raw, not_normalized),
+            (sq.sum(1), not_normalized),
+            (
+                raw / raw.norm(),
+                "you normalized over the whole batch: normalize each sample's "
+                "map by its own L2 norm",
+            ),
+            (
+                raw / raw.flatten(1).sum(1).view(B, 1, 1),
+                "you normalized to unit sum (L1); Eq. 2 divides by the L2 norm",
+            ),
+            (
+                F.normalize(raw, dim=-1),
+                "you normalized each row of the map separately: "
+                "flatten each sample's [H, W] map first, then divide by its L2 norm",
+            ),
+            (
+                F.normalize(raw, dim=1),
+                "you normalized each column of the map separately: "
+                "flatten each sample's [H, W] map first, then divide by its L2 norm",
+            ),
+            (per_sample(x.abs().mean(1)), "you ignored p: take |A|**p before the mean"),
+            (
+                per_sample(sq.amax(1)),
+                "you took the max over channels; the exercise asks for the mean of |A|^p",
+            ),
+        ],
+        what,
+    )
+    got3 = _as_tensor(_call(fn, x, 3), what)
+    _diagnose(
+        got3,
+        attention_map(x, p=3, reduce="mean"),
+        [
+            (
+                per_sample(x.pow(3).mean(1)),
+                "take the absolute value before the power: with "
+                "odd p, x**p keeps the sign and negative activations cancel positive ones",
+            ),
+            (expected, "you ignored p (the map for p=3 equals the one for p=2)"),
+        ],
+        what + " with p=3",
+    )
+    _ok("attention_map: correct shape [B,H,W], per-sample unit L2 norm, p handled")
+
+
+def check_at_loss(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(student_features [B, C_s, H, W], teacher_features [B, C_t, H, W]) -> scalar``.
+
+    The exercise's loss is the reference code's form (:func:`atcourse.distill.at_loss`,
+    ``mode="code"``, p = 2): the mean over batch and positions of the squared difference
+    of the L2-normalized channel-mean maps. Student and teacher differ in channel count.
+    """
+    what = "at_loss"
+    B, Cs, Ct, H, W = 3, 2, 4, 4, 4
+    s, t = _inputs(B, Cs, H, W, seed=7), _inputs(B, Ct, H, W, seed=8)
+    got = _as_tensor(
+        _call(
+            fn,
+            s,
+            t,
+            hint=f"(student and teacher have {Cs} and {Ct} channels: reduce each "
+            "over its channels to an [H, W] map before comparing them)",
+        ),
+        what,
+    )
+    _require_scalar(got, B, H * W, what)
+    got = got.reshape(())
+    expected = at_loss(s, t, p=2, mode="code")
+
+    def amap(x: Tensor, normalize: bool = True) -> Tensor:
+        m = x.pow(2).mean(1).flatten(1)
+        return F.normalize(m, dim=1) if normalize else m
+
+    d = amap(s) - amap(t)
+    raw_d = amap(s, False) - amap(t, False)
+    n = H * W
+    _diagnose(
+        got,
+        expected,
+        [
+            (
+                raw_d.pow(2).mean(),
+                "normalize each map first: divide each sample's flattened "
+                "map by its L2 norm (F.normalize(..., dim=1)) before taking the difference",
+            ),
+            (
+                expected * n,
+                "you summed over positions; the reference code averages over the "
+                "batch AND the H*W positions: use .mean() over everything",
+            ),
+            (
+                d.norm(dim=1).mean(),
+                "you computed the paper's Eq. 2 term (an L2 norm, not "
+                "squared); the code form is the mean of the squared differences",
+            ),
+            (d.abs().mean(), "square the difference (p=2) instead of taking its absolute value"),
+            (d.pow(2).sum(), "you summed over the batch and positions: take the mean"),
+            (
+                (
+                    F.normalize(s.mean(1).flatten(1), dim=1)
+                    - F.normalize(t.mean(1).flatten(1), dim=1)
+                )
+                .pow(2)
+                .mean(),
+                "square the activations (p=2) before averaging over channels: the map is "
+                "mean_c A_c**2, not mean_c A_c",
+            ),
+        ],
+        what,
+    )
+    _teacher_gets_no_grad(fn, s, t, what=what)
+    _ok(f"at_loss: correct ({got.item():.5f} on the test features, teacher detached)")
+
+
+# --------------------------------------------------------------------------- explain why
+
+#: Multiple-choice questions: id -> prompt, choices, the correct letter, and feedback for
+#: each wrong letter (what that answer gets wrong).
+QUESTIONS: dict[str, dict[str, Any]] = {
+    "kd_t_squared": {
+        "prompt": "Why is Hinton's soft loss multiplied by T**2?",
+        "choices": {
+            "a": "To keep the soft term's gradients on the same scale whatever T is.",
+            "b": "To make the loss positive.",
+            "c": "To sharpen the teacher's distribution.",
+            "d": "Because KL divergence is measured in nats.",
+        },
+        "correct": "a",
+        "explanation": "The gradient w.r.t. the student's logits is T * (p_S - p_T), and "
+        "p_S - p_T shrinks like 1/T^2 for large T: T**2 undoes that, so changing T does "
+        "not silently re-weight the soft term against the cross-entropy.",
+        "feedback": {
+            "b": "KL is already >= 0; a positive factor changes its scale, not its sign.",
+            "c": "Sharpening (or softening) is what dividing the logits by T does; T**2 "
+            "multiplies the loss afterwards.",
+            "d": "The unit does not depend on T; the factor is about gradient scale.",
+        },
+    },
+    "kd_ce_vs_kl": {
+        "prompt": "You train with cross-entropy against the teacher's soft targets instead "
+        "of KL. What changes?",
+        "choices": {
+            "a": "The gradients w.r.t. the student.",
+            "b": "Only the logged value: it is higher by the teacher's entropy.",
+            "c": "Nothing at all.",
+            "d": "The optimum: the student now matches the teacher's argmax only.",
+        },
+        "correct": "b",
+        "explanation": "CE(p_T, p_S) = H(p_T) + KL(p_T || p_S), and H(p_T) does not depend "
+        "on the student: same gradients, but the logged loss never reaches 0.",
+        "feedback": {
+            "a": "The extra term, the teacher's entropy, does not depend on the student, so "
+            "its gradient is zero.",
+            "c": "The logged value differs by the teacher's entropy: a KD curve that does "
+            "not approach 0 is the telltale sign.",
+            "d": "Both losses are minimized exactly at p_S = p_T.",
+        },
+    },
+    "reduction_bug_silent": {
+        "prompt": "Why does nn.KLDivLoss() with its default reduction often go unnoticed "
+        "in a KD training script?",
+        "choices": {
+            "a": "It raises a warning that is easy to ignore.",
+            "b": "Training still runs; the soft term is just K times weaker, like a smaller alpha.",
+            "c": "It only matters for the teacher.",
+            "d": "The default reduction is 'batchmean'.",
+        },
+        "correct": "b",
+        "explanation": "Nothing crashes: the gradient of the KD term is divided by the "
+        "number of classes, which silently changes the CE/KD balance.",
+        "feedback": {
+            "a": "Recent PyTorch warns only that 'mean' does not match the mathematical "
+            "definition; the silent part is the scale of the loss, which no error reports.",
+            "c": "The teacher gets no gradient at all; the bug scales the student's loss.",
+            "d": "The default is 'mean', which divides by B*K.",
+        },
+    },
+    "at_normalize": {
+        "prompt": "Why are attention maps divided by their L2 norm before comparing them?",
+        "choices": {
+            "a": "To speed up training.",
+            "b": "So the loss compares where the networks look, not how large their "
+            "activations are.",
+            "c": "So the maps sum to 1, like probabilities.",
+            "d": "To handle student and teacher layers with different channel counts.",
+        },
+        "correct": "b",
+        "explanation": "Activation scales differ between networks and change during "
+        "training; without the normalization the loss chases the scale and, as the paper "
+        "reports, training fails.",
+        "feedback": {
+            "a": "It costs a little; it is there for what it compares.",
+            "c": "Unit L2 norm is not unit sum; the paper uses the L2 norm.",
+            "d": "The channel reduction (sum/mean/max over channels) handles that: the maps "
+            "are per position whatever the channel count.",
+        },
+    },
+    "at_channels": {
+        "prompt": "How can AT compare a 16-channel student layer with a 32-channel teacher layer?",
+        "choices": {
+            "a": "A learned 1x1 convolution projects the student's channels.",
+            "b": "It cannot; the layers must have the same width.",
+            "c": "Each map reduces its channels to one value per position, so only H x W "
+            "must agree (and pooling fixes that).",
+            "d": "The teacher's extra channels are dropped.",
+        },
+        "correct": "c",
+        "explanation": "F(A) sums (or averages, or maxes) |A|^p over channels: the result "
+        "is [H, W] for any C.",
+        "feedback": {
+            "a": "That is FitNets-style feature matching; AT needs no extra parameters.",
+            "b": "Width may differ; the maps are per position.",
+            "d": "Every channel contributes to the channel reduction.",
+        },
+    },
+    "at_p": {
+        "prompt": "What does a larger p in |A|^p do to the attention map?",
+        "choices": {
+            "a": "It blurs the map.",
+            "b": "It puts more weight on the most active positions (a sharper map).",
+            "c": "Nothing once the map is normalized.",
+            "d": "It changes the map's spatial size.",
+        },
+        "correct": "b",
+        "explanation": "Raising to a higher power widens the gap between strong and weak "
+        "activations; F_max^p is the extreme of that.",
+        "feedback": {
+            "a": "The opposite: small values shrink relative to large ones.",
+            "c": "Normalization removes the overall scale, not the relative contrast that p sets.",
+            "d": "The map is [H, W] whatever p is.",
+        },
+    },
+}
+
+
+def _question_or_error(question_id: str) -> dict[str, Any]:
+    if question_id not in QUESTIONS:
+        raise ValueError(
+            f"unknown question {question_id!r}; valid ids: {', '.join(sorted(QUESTIONS))}"
+        )
+    return QUESTIONS[question_id]
+
+
+def question(question_id: str) -> str:
+    """The question's text with its choices (printed, and returned)."""
+    q = _question_or_error(question_id)
+    lines = [q["prompt"]] + [f"  {k}) {v}" for k, v in q["choices"].items()]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def check_choice(question_id: str, answer: str) -> None:
+    """Check a multiple-choice answer: a letter (``"b"``, ``"B"`` or ``"b)"`` all work).
+
+    Raises:
+        ExerciseError: for a wrong answer, with feedback on that answer; or for a letter
+            that is not one of the choices.
+        ValueError: for an unknown question id (the message lists the valid ones).
+    """
+    q = _question_or_error(question_id)
+    letter = str(answer).strip().lower().rstrip(").:").strip()
+    if letter not in q["choices"]:
+        raise ExerciseError(
+            f"answer with one of the letters {', '.join(q['choices'])}; got {answer!r}"
+        )
+    if letter != q["correct"]:
+        raise ExerciseError(f"not {letter}): {q['feedback'][letter]}")
+    _ok(f"{letter}) is right. {q['explanation']}")

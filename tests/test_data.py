@@ -1,0 +1,364 @@
+"""Tests of atcourse.data: shapes generation, CIFAR/folder loading, the device loader."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from atcourse.data import (
+    DeviceLoader,
+    ImageDataset,
+    augment_batch,
+    balanced_subset_indices,
+    denormalize,
+    generate_shapes,
+    load_dataset,
+)
+from atcourse.data import shapes as shapes_module
+
+
+@pytest.fixture(autouse=True)
+def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets an empty data root, so caches never leak between tests."""
+    root = tmp_path / "data"
+    monkeypatch.setenv("ATCOURSE_DATA", str(root))
+    return root
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def test_shapes_deterministic_and_seed_dependent() -> None:
+    a = generate_shapes(40, seed=1)
+    b = generate_shapes(40, seed=1)
+    c = generate_shapes(40, seed=2)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    assert not torch.equal(a[0], c[0])
+
+
+def test_shapes_splits_differ() -> None:
+    train = load_dataset("shapes", "train", size=30)
+    test = load_dataset("shapes", "test", size=30)
+    assert not torch.equal(train.images, test.images)
+    # Same seed and split, different size: still a fresh, valid set.
+    assert len(load_dataset("shapes", "train", size=20)) == 20
+    assert train.mean == test.mean and train.std == test.std
+
+
+def test_shapes_dtypes_shapes_and_balance() -> None:
+    ds = load_dataset("shapes", "train", size=50, seed=3)
+    assert isinstance(ds, ImageDataset)
+    assert ds.images.dtype == torch.uint8 and ds.images.shape == (50, 3, 32, 32)
+    assert ds.labels.dtype == torch.int64 and ds.labels.shape == (50,)
+    assert ds.masks is not None
+    assert ds.masks.dtype == torch.bool and ds.masks.shape == (50, 32, 32)
+    assert ds.num_classes == 10 and len(ds) == 50 and len(ds.classes) == 10
+    assert torch.equal(torch.bincount(ds.labels, minlength=10), torch.full((10,), 5))
+    assert all(0.0 < m < 1.0 for m in ds.mean) and all(0.0 < s < 1.0 for s in ds.std)
+
+
+def test_shapes_masks_nonempty_and_inside() -> None:
+    _, _, masks = generate_shapes(200, seed=5)
+    assert bool((masks.flatten(1).sum(1) > 0).all())
+    # The whole object lies inside the frame: nothing touches the border.
+    border = masks[:, 0, :].any(1) | masks[:, -1, :].any(1)
+    border |= masks[:, :, 0].any(1) | masks[:, :, -1].any(1)
+    assert not bool(border.any())
+
+
+def test_shapes_object_visible() -> None:
+    images, _, masks = generate_shapes(200, seed=6)
+    x = images.float() / 255.0
+    m = masks[:, None].float()
+    inside = (x * m).sum((2, 3)) / m.sum((2, 3))
+    outside = (x * (1 - m)).sum((2, 3)) / (1 - m).sum((2, 3))
+    assert float((inside - outside).norm(dim=1).mean()) > 0.15
+
+
+def test_shapes_difficulty_knobs() -> None:
+    easy = generate_shapes(20, seed=0, distractors=(0, 0), noise=0.0, occlusion=0.0, clutter=0.0)
+    hard = generate_shapes(20, seed=0)
+    assert not torch.equal(easy[0], hard[0])
+    with pytest.raises(TypeError, match="unknown shapes option"):
+        generate_shapes(4, seed=0, colourfulness=3)
+    with pytest.raises(ValueError):
+        generate_shapes(4, seed=0, size_range=(20.0, 10.0))
+
+
+def test_shapes_cache_written_and_reread(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = load_dataset("shapes", "test", size=24, seed=4)
+    files = sorted((data_root / "cache" / "shapes").glob("*.pt"))
+    assert len(files) == 2  # the set and its statistics
+    assert not list((data_root / "cache" / "shapes").glob("*.tmp"))
+
+    def no_generation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cache should have been read")
+
+    monkeypatch.setattr(shapes_module, "generate_shapes", no_generation)
+    second = load_dataset("shapes", "test", size=24, seed=4)
+    assert torch.equal(first.images, second.images)
+    assert torch.equal(first.labels, second.labels)
+    assert second.masks is not None and first.masks is not None
+    assert torch.equal(first.masks, second.masks)
+    assert first.mean == second.mean
+
+
+def test_bad_names_and_splits() -> None:
+    with pytest.raises(ValueError, match="cifar10.*folder:"):
+        load_dataset("mnist")
+    with pytest.raises(ValueError, match="split"):
+        load_dataset("shapes", "val", size=10)
+
+
+# ----------------------------------------------------------------------------- loader
+
+
+def _coordinate_dataset(n: int = 10, size: int = 16) -> ImageDataset:
+    """Images whose pixels encode (row, column, sample), masks of a random pattern."""
+    rows = torch.arange(size).view(1, size, 1).expand(n, size, size)
+    cols = torch.arange(size).view(1, 1, size).expand(n, size, size)
+    index = torch.arange(n).view(n, 1, 1).expand(n, size, size)
+    images = torch.stack([rows * 8, cols * 8, index * 8], dim=1).to(torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(n, size, size, generator=g) < 0.5
+    return ImageDataset(
+        name="coords",
+        split="train",
+        images=images,
+        labels=torch.arange(n) % 3,
+        masks=masks,
+        classes=["a", "b", "c"],
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+
+
+def _manual(img: torch.Tensor, mask: torch.Tensor, dy: int, dx: int, flip: bool, pad: int):
+    h, w = img.shape[-2:]
+    padded = F.pad(img.float()[None], [pad] * 4, mode="reflect")[0]
+    crop = padded[:, dy : dy + h, dx : dx + w]
+    mpad = F.pad(mask.float()[None], [pad] * 4)[0]  # zero padding for masks
+    mcrop = mpad[dy : dy + h, dx : dx + w] > 0.5
+    if flip:
+        crop, mcrop = crop.flip(-1), mcrop.flip(-1)
+    return crop, mcrop
+
+
+def test_loader_crop_flip_and_masks_match_manual_pad_crop() -> None:
+    ds = _coordinate_dataset()
+    loader = DeviceLoader(ds, 4, train=True, seed=7, with_masks=True, normalize=False, pad=4)
+    loader.set_epoch(3)
+    plan = loader.plan()
+    assert bool((plan.dy != 4).any() or (plan.dx != 4).any())  # really shifted somewhere
+    seen = 0
+    for b, (x, y, m) in enumerate(loader):
+        for k in range(x.shape[0]):
+            pos = b * loader.batch_size + k
+            i = int(plan.order[pos])
+            exp_img, exp_mask = _manual(
+                ds.images[i], ds.masks[i], int(plan.dy[pos]), int(plan.dx[pos]),
+                bool(plan.flip[pos]), 4,
+            )  # fmt: skip
+            assert torch.allclose(x[k] * 255.0, exp_img, atol=1e-3)
+            assert torch.equal(m[k], exp_mask)
+            assert int(y[k]) == int(ds.labels[i])
+            seen += 1
+    assert seen == 8  # 10 samples, batches of 4, last partial batch dropped in train mode
+
+
+def test_augment_batch_flip_and_identity() -> None:
+    ds = _coordinate_dataset(n=3)
+    same = torch.full((3,), 2)
+    no = torch.zeros(3, dtype=torch.bool)
+    out, masks = augment_batch(ds.images, same, same, no, pad=2, masks=ds.masks)
+    assert torch.equal(out, ds.images) and torch.equal(masks, ds.masks)
+    out, masks = augment_batch(ds.images, same, same, ~no, pad=2, masks=ds.masks)
+    assert torch.equal(out, ds.images.flip(-1)) and torch.equal(masks, ds.masks.flip(-1))
+    # A shift by one row: row r of the output is row r + 1 of the input.
+    out, _ = augment_batch(ds.images, same + 1, same, no, pad=2)
+    assert torch.equal(out[:, :, :-1], ds.images[:, :, 1:])
+
+
+def test_loader_reproducible_per_epoch() -> None:
+    ds = _coordinate_dataset(n=20)
+    a = DeviceLoader(ds, 5, train=True, seed=1)
+    b = DeviceLoader(ds, 5, train=True, seed=1)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    first = list(a)
+    again = list(a)
+    other = list(b)
+    for (x1, y1), (x2, y2), (x3, y3) in zip(first, again, other, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+        assert torch.equal(x1, x3) and torch.equal(y1, y3)
+    a.set_epoch(3)
+    order2 = DeviceLoader(ds, 5, train=True, seed=1).plan(2).order
+    assert not torch.equal(a.plan().order, order2)
+
+
+def test_loader_eval_mode_keeps_order_and_pixels() -> None:
+    ds = _coordinate_dataset(n=10)
+    loader = DeviceLoader(ds, 4, train=False)
+    assert len(loader) == 3
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    images = torch.cat([x for x, _ in batches])
+    labels = torch.cat([y for _, y in batches])
+    assert torch.equal(labels, ds.labels)
+    assert torch.allclose(denormalize(images, ds), ds.images.float() / 255.0, atol=1e-6)
+    assert images.dtype == torch.float32 and images.shape == (10, 3, 16, 16)
+
+
+def test_loader_len_and_options() -> None:
+    ds = _coordinate_dataset(n=10)
+    assert len(DeviceLoader(ds, 4, train=True)) == 2
+    assert len(DeviceLoader(ds, 4, train=True, drop_last=False)) == 3
+    assert len(DeviceLoader(ds, 5, train=True)) == 2
+    x, _ = next(iter(DeviceLoader(ds, 4, train=True, channels_last=True)))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    x, _ = next(iter(DeviceLoader(ds, 4, train=False, normalize=False)))
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    no_masks = ds.subset([0, 1])
+    no_masks.masks = None
+    with pytest.raises(ValueError, match="masks"):
+        DeviceLoader(no_masks, 2, train=True, with_masks=True)
+
+
+def test_loader_on_shapes_with_masks() -> None:
+    ds = load_dataset("shapes", "train", size=20)
+    x, y, m = next(iter(DeviceLoader(ds, 8, train=True, with_masks=True)))
+    assert x.shape == (8, 3, 32, 32) and y.shape == (8,) and m.shape == (8, 32, 32)
+    assert abs(float(x.mean())) < 1.0  # normalized
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+_COLOURS = {"cat": (200, 30, 30), "ant": (30, 200, 30), "bee": (30, 30, 200)}
+
+
+def _make_tree(root: Path, splits: bool = True) -> Path:
+    from PIL import Image
+
+    for split, count in (("train", 3), ("test", 2)) if splits else ((None, 3),):
+        for cls, colour in _COLOURS.items():
+            folder = root / split / cls if split else root / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                size = (40, 36) if i == 0 and cls == "cat" else (32, 32)
+                Image.new("RGB", size, colour).save(folder / f"{i}.png")
+    return root
+
+
+def test_image_folder_tree_and_archive(tmp_path: Path) -> None:
+    tree = _make_tree(tmp_path / "tiny")
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tree, arcname="tiny")  # one top folder inside the archive
+    for source in (tree, archive):
+        train = load_dataset(f"folder:{source}", "train")
+        test = load_dataset(f"folder:{source}", "test")
+        assert train.classes == ["ant", "bee", "cat"]
+        assert train.images.shape == (9, 3, 32, 32) and len(test) == 6
+        assert train.masks is None
+        for ds in (train, test):
+            for img, label in zip(ds.images, ds.labels, strict=True):
+                expected = torch.tensor(_COLOURS[ds.classes[int(label)]], dtype=torch.float)
+                assert torch.allclose(img.float().mean((1, 2)), expected, atol=2.0)
+    a = load_dataset(f"folder:{tree}", "test")
+    b = load_dataset(f"folder:{archive}", "test")
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
+def test_image_folder_without_splits(tmp_path: Path) -> None:
+    tree = _make_tree(tmp_path / "flat", splits=False)
+    ds = load_dataset(f"folder:{tree}", "train", image_size=24)
+    assert ds.images.shape == (9, 3, 24, 24)
+    with pytest.raises(ValueError, match="no 'test' split"):
+        load_dataset(f"folder:{tree}", "test")
+
+
+def test_balanced_subset() -> None:
+    labels = torch.tensor([0] * 50 + [1] * 50 + [2] * 3)
+    idx = balanced_subset_indices(labels, 30, seed=0)
+    counts = torch.bincount(labels[idx], minlength=3)
+    assert len(idx) == 30 and int(counts[2]) == 3 and abs(int(counts[0] - counts[1])) <= 1
+    assert torch.equal(idx, balanced_subset_indices(labels, 30, seed=0))
+    assert bool((idx[1:] > idx[:-1]).all())
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+
+def test_cifar_missing_lists_every_place(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ATCOURSE_CIFAR10_ARCHIVE", raising=False)
+    data_root.mkdir(parents=True)
+    (data_root / "cifar100.tar.gz").write_bytes(b"")  # matches cifar10*, yet is not CIFAR-10
+    with pytest.raises(FileNotFoundError) as err:
+        load_dataset("cifar10", "train")
+    message = str(err.value)
+    for place in (
+        str(data_root / "cifar-10-batches-py"),
+        str(data_root / "cifar10") + "/{train,test}",
+        str(data_root / "cifar10*.tar.gz"),
+        "$ATCOURSE_CIFAR10_ARCHIVE",
+        "download=True",
+    ):
+        assert place in message
+
+
+def test_cifar_download_offline_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.delenv("ATCOURSE_CIFAR100_ARCHIVE", raising=False)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    with pytest.raises(RuntimeError, match="network is unreachable"):
+        load_dataset("cifar100", "test", download=True)
+
+
+def test_cifar_torchvision_pickles(data_root: Path) -> None:
+    folder = data_root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck"]  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+
+    def write(name: str, n: int) -> None:
+        data = torch.randint(0, 256, (n, 3072), generator=g, dtype=torch.uint8).numpy()
+        batch = {b"data": data, b"labels": [i % 10 for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+
+    for i in range(1, 6):
+        write(f"data_batch_{i}", 4)
+    write("test_batch", 10)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in names]}, f)
+    train = load_dataset("cifar10", "train")
+    test = load_dataset("cifar10", "test", size=5, seed=1)
+    assert train.images.shape == (20, 3, 32, 32) and train.classes == names
+    assert len(test) == 5 and test.mean == train.mean
+
+
+@pytest.mark.skipif(
+    not os.environ.get("ATCOURSE_CIFAR10_ARCHIVE"),
+    reason="set ATCOURSE_CIFAR10_ARCHIVE to a CIFAR-10 image-folder .tar.gz",
+)
+def test_real_cifar10_archive() -> None:
+    test = load_dataset("cifar10", "test")
+    assert test.images.shape == (10_000, 3, 32, 32)
+    assert torch.equal(torch.bincount(test.labels), torch.full((10,), 1000))
+    assert test.classes[0] == "airplane" and test.classes[-1] == "truck"
+    for got, expected in zip(test.mean, (0.4913, 0.4821, 0.4465), strict=True):
+        assert abs(got - expected) < 0.01
