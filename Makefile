@@ -4,6 +4,7 @@
 #   make lab       open the course in JupyterLab
 #   make notebooks re-execute the notebooks in place in the lab profile (committed outputs)
 #   make student   write student editions (solutions stubbed) into build/student/
+#   make bench     training speed per method, beside a DataLoader-style baseline
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,7 +12,7 @@ BIN    := $(VENV)/bin
 # Extra pip arguments, e.g. PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 PIP_ARGS ?=
 
-.PHONY: course test unit nbtest lab notebooks student lint clean-runs
+.PHONY: course test unit nbtest lab notebooks student bench lint clean-runs
 
 $(BIN)/atcourse: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +41,9 @@ notebooks: $(BIN)/atcourse
 
 student: $(BIN)/atcourse
 	$(BIN)/atcourse student
+
+bench: $(BIN)/atcourse
+	$(BIN)/atcourse bench --models wrn_16_1,wrn_16_2
 
 lint: $(BIN)/atcourse
 	$(BIN)/ruff check atcourse tests

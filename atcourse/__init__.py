@@ -13,13 +13,26 @@ Layout (data flows one way): data -> models -> distill -> train -> results -> vi
 
 __version__ = "0.1.0"
 
-from . import config, data, distill, metrics, models, paths, results, runtime, train, zoo
+from . import (
+    config,
+    data,
+    distill,
+    exercises,
+    metrics,
+    models,
+    paths,
+    results,
+    runtime,
+    train,
+    viz,
+    zoo,
+)  # fmt: skip
 from .config import configure
 from .data import load_dataset, load_splits
 from .train import fit
 
 __all__ = [
     "__version__", "configure", "fit", "load_dataset", "load_splits",
-    "config", "data", "distill", "metrics", "models", "paths", "results", "runtime", "train",
-    "zoo",
+    "config", "data", "distill", "exercises", "metrics", "models", "paths", "results",
+    "runtime", "train", "viz", "zoo",
 ]  # fmt: skip

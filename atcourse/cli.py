@@ -3,6 +3,7 @@
     atcourse run [NOTEBOOK ...] --profile smoke --seeds 0,1 -p beta=1000
     atcourse train --arch wrn_16_1 --profile lab
     atcourse student                     # exercise editions into build/student/
+    atcourse bench --models wrn_16_1     # images/s and method overheads
     atcourse doctor
 
 ``atcourse run`` executes notebooks with papermill. Before launching anything it checks
@@ -299,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--source", help="folder of course notebooks (default notebooks/)")
     st.add_argument("--output", help="where editions go (default build/student/)")
     st.set_defaults(func=_cmd_student)
+
+    from . import bench
+
+    be = sub.add_parser("bench", help="measure training speed per model and method")
+    bench.add_arguments(be)
+    be.set_defaults(func=bench.run_from_args)
 
     doc = sub.add_parser("doctor", help="report versions, device and data; check the setup")
     doc.add_argument("--device", default="auto")

@@ -18,6 +18,7 @@ hot path has no host synchronisation on CUDA.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -168,7 +169,7 @@ def fit(
     *,
     name: str | None = None,
     run_dir: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
     callbacks: Sequence[Callable[[int, dict[str, float]], None]] = (),
     record: bool = True,
@@ -184,8 +185,10 @@ def fit(
         train_set, test_set: :class:`~atcourse.data.ImageDataset` (test may be None).
         name: the run's name (default: method-arch-dataset-profile-seed).
         run_dir: where checkpoint and record go (default ``runs/<name>``).
-        resume: continue from ``run_dir/checkpoint.pt`` when it exists; its training
-            parameters must match ``cfg``.
+        resume: ``True``: continue from ``run_dir/checkpoint.pt`` when it exists (a
+            finished run is returned as it is); its recipe, method, hyperparameters and
+            teacher must match, else ValueError. ``"auto"``: the same when they match,
+            a fresh run otherwise. ``False``: always a fresh run.
         progress: show a progress bar.
         callbacks: called as ``fn(epoch, row)`` after each epoch's checkpoint is written.
         record: write a run record (``record.json``) into the run folder.
@@ -232,9 +235,19 @@ def fit(
         )
 
     train_params = {k: cfg.get(k) for k in TRAIN_KEYS}
+    # what is being trained matters as much as how: a checkpoint of another method, other
+    # hyperparameters or another teacher must never be resumed as if it were this run
+    teacher = getattr(method, "teacher", None)
+    train_params.update(
+        method=method.name,
+        hparams=json.loads(json.dumps(method.hparams(), default=str)),
+        student=getattr(method.student, "arch", type(method.student).__name__),
+        teacher=getattr(teacher, "arch", type(teacher).__name__) if teacher is not None else None,
+    )
     history: list[dict[str, float]] = []
     start_epoch = 0
     ckpt_path = run_dir / "checkpoint.pt"
+    state = None
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         differ = {
@@ -242,11 +255,14 @@ def fit(
             for k, v in train_params.items()
             if _normalise(state["train_params"].get(k)) != _normalise(v)
         }
-        if differ:
+        if differ and resume == "auto":
+            state = None  # another run lived here: start afresh and overwrite it
+        elif differ:
             raise ValueError(
                 f"cannot resume {run_dir}: its checkpoint was trained with different "
                 f"parameters {differ} (checkpoint, now). Use resume=False or another run_dir."
             )
+    if state is not None:
         method.load_trainable_state(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from torch import nn
 from . import models, paths
 from .config import Config, configure
 from .data import ImageDataset, load_splits
+from .data.shapes import SHAPES_VERSION, Difficulty
 from .distill.base import Baseline, freeze
-from .runtime import precision_for
+from .runtime import precision_for, seed_everything
 from .train import atomic_save, fit
 
 __all__ = ["teacher", "baseline", "checkpoint_path", "ZOO_VERSION"]
@@ -43,12 +45,19 @@ def _recipe(arch: str, cfg: Config, epochs: int) -> Config:
 def checkpoint_path(arch: str, cfg: Config, *, role: str = "teacher") -> Path:
     """Where the zoo keeps (or will keep) this model: the name hashes the recipe."""
     key = {k: cfg.get(k) for k in _KEY_PARAMS}
-    key.update(arch=arch, version=ZOO_VERSION, role=role)
+    key.update(arch=arch, version=ZOO_VERSION, role=role, data=_data_version(cfg["dataset"]))
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()
     return paths.checkpoint_root() / (
         f"{role}-{arch}-{cfg['dataset'].replace(':', '_').replace('/', '_')}-"
         f"{cfg['profile']}-s{cfg['seed']}-{digest[:10]}.pt"
     )
+
+
+def _data_version(dataset: str) -> str:
+    """What identifies the images: for the generated set, its version and difficulty."""
+    if dataset == "shapes":
+        return f"{SHAPES_VERSION}:{sorted(asdict(Difficulty()).items())}"
+    return dataset
 
 
 @contextlib.contextmanager
@@ -89,6 +98,7 @@ def _train_or_load(
             info["cached"] = True
         else:
             train_set, test_set = data if data is not None else load_splits(recipe)
+            seed_everything(recipe["seed"])  # the initial weights follow the seed too
             model = models.build(arch, num_classes=train_set.num_classes)
             method = Baseline(model, label_smoothing=recipe.get("label_smoothing") or 0.0)
             name = path.stem

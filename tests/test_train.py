@@ -193,3 +193,83 @@ def test_teacher_stays_in_eval_mode_and_frozen():
     assert not method.teacher.training
     assert all(not p.requires_grad for p in teacher.parameters())
     assert not any(k.startswith("teacher.") for k in method.trainable_state())
+
+
+def test_resume_refuses_another_method_or_hyperparameters(tmp_path):
+    from atcourse.distill import KD
+
+    cfg, tr, te = _tiny(epochs=1)
+    teacher = models.build("wrn_10_1")
+    fit(
+        KD(models.build("wrn_10_1"), teacher, T=4.0),
+        cfg,
+        tr,
+        te,
+        run_dir=tmp_path / "k",
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="different parameters.*hparams"):
+        fit(
+            KD(models.build("wrn_10_1"), teacher, T=2.0),
+            cfg,
+            tr,
+            te,
+            run_dir=tmp_path / "k",
+            progress=False,
+            resume=True,
+        )
+    with pytest.raises(ValueError, match="different parameters.*method"):
+        fit(
+            Baseline(models.build("wrn_10_1")),
+            cfg,
+            tr,
+            te,
+            run_dir=tmp_path / "k",
+            progress=False,
+            resume=True,
+        )
+    done = fit(
+        KD(models.build("wrn_10_1"), teacher, T=4.0),
+        cfg,
+        tr,
+        te,
+        run_dir=tmp_path / "k",
+        progress=False,
+        resume=True,
+    )
+    assert len(done.history) == 1  # the completed run is returned, not retrained
+
+
+def test_resume_auto_reuses_a_matching_run_and_replaces_another(tmp_path):
+    from atcourse.distill import KD
+
+    cfg, tr, te = _tiny(epochs=1)
+    teacher = models.build("wrn_10_1")
+    first = fit(
+        KD(models.build("wrn_10_1"), teacher, T=4.0),
+        cfg,
+        tr,
+        te,
+        run_dir=tmp_path / "k",
+        progress=False,
+    )
+    same = fit(
+        KD(models.build("wrn_10_1"), teacher, T=4.0),
+        cfg,
+        tr,
+        te,
+        run_dir=tmp_path / "k",
+        progress=False,
+        resume="auto",
+    )
+    assert same.history[0]["wall_time_s"] == first.history[0]["wall_time_s"]  # reused
+    other = fit(
+        KD(models.build("wrn_10_1"), teacher, T=2.0),
+        cfg,
+        tr,
+        te,
+        run_dir=tmp_path / "k",
+        progress=False,
+        resume="auto",
+    )
+    assert other.history[0]["wall_time_s"] != first.history[0]["wall_time_s"]  # retrained

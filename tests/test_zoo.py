@@ -70,3 +70,13 @@ def test_two_processes_train_it_once(tmp_path):
         p.join(timeout=240)
         assert p.exitcode == 0
     assert sorted([queue.get(timeout=5), queue.get(timeout=5)]) == [False, True]
+
+
+def test_initial_weights_follow_the_seed_whatever_ran_before(tmp_path, monkeypatch):
+    cfg = _cfg(teacher_epochs=1)
+    torch.manual_seed(123)  # unrelated randomness before the call must not matter
+    a = zoo.teacher("wrn_10_1", cfg=cfg, progress=False, retrain=True)
+    torch.manual_seed(456)
+    b = zoo.teacher("wrn_10_1", cfg=cfg, progress=False, retrain=True)
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)

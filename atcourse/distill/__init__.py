@@ -92,3 +92,10 @@ from .attention import attention_map as attention_map  # noqa: E402
 from .attention import attention_maps as attention_maps  # noqa: E402
 from .kd import KD as KD  # noqa: E402
 from .kd import kd_loss as kd_loss  # noqa: E402
+
+# isort: split
+from .gradient import GradientAT as GradientAT  # noqa: E402
+from .gradient import flip_invariance_loss as flip_invariance_loss  # noqa: E402
+from .gradient import gradient_at_loss as gradient_at_loss  # noqa: E402
+from .gradient import gradient_attention_map as gradient_attention_map  # noqa: E402
+from .gradient import input_gradient as input_gradient  # noqa: E402
