@@ -148,7 +148,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary.append((nb.stem + suffix, status, time.perf_counter() - t0, error, out))
 
     width = max(len(s[0]) for s in summary)
-    print("\nnotebook".ljust(width + 2) + "  status  seconds")
+    print()
+    print(f"{'notebook':<{width}}  status  seconds")
     for stem, status, secs, error, _ in summary:
         print(f"{stem:<{width}}  {status:<6}  {secs:7.1f}  {error}")
     print(f"\nexecuted notebooks are in {out_dir}")
