@@ -191,27 +191,6 @@ def _reference_batches(
             yield (images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
 
 
-def _train_step(method, optimizer, precision, images, labels, sums, correct, lr: float):
-    """One training step. Mirrors the body of the step loop in :func:`atcourse.train.fit`
-    (which keeps it inline): lr set per step, autocast forward, ``out.total`` backward with
-    ``zero_grad(set_to_none=True)``, SGD step, loss terms summed on the device."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    with precision.autocast():
-        out = method(images, labels)
-    loss = out.total
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    with torch.no_grad():
-        for key, value in out.loss_terms.items():
-            value = value.detach().float()
-            sums[key] = sums[key] + value if key in sums else value.clone()
-        sums.setdefault("total", torch.zeros((), device=images.device))
-        sums["total"] += loss.detach().float()
-        correct += (out.logits.detach().argmax(1) == labels).sum()
-
-
 def _count_flops(step) -> int | None:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -277,16 +256,9 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     def step() -> None:
         images, labels = next(batches)
         i = counter["step"]
-        _train_step(
-            method,
-            optimizer,
-            precision,
-            images,
-            labels,
-            sums,
-            correct,
-            train_mod.lr_at(lr_cfg, i / max(total_steps, 1)),
-        )
+        lr = train_mod.lr_at(lr_cfg, i / max(total_steps, 1))
+        # the loop's own step, so the benchmark times exactly what fit() runs
+        train_mod.train_step(method, optimizer, precision, images, labels, lr, sums, correct)
         if i % check_every == 0:
             train_mod._check_finite(sums, 0, i, total_steps)
         counter["step"] = i + 1
