@@ -99,3 +99,7 @@ from .gradient import flip_invariance_loss as flip_invariance_loss  # noqa: E402
 from .gradient import gradient_at_loss as gradient_at_loss  # noqa: E402
 from .gradient import gradient_attention_map as gradient_attention_map  # noqa: E402
 from .gradient import input_gradient as input_gradient  # noqa: E402
+
+# isort: split
+from .cam import binarize_cams as binarize_cams  # noqa: E402
+from .cam import class_activation_maps as class_activation_maps  # noqa: E402
