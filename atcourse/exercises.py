@@ -36,6 +36,8 @@ __all__ = [
     "check_attention_map",
     "check_at_loss",
     "check_reduction_bug",
+    "check_input_gradient",
+    "check_flip_penalty",
     "check_choice",
     "question",
     "QUESTIONS",
@@ -493,6 +495,129 @@ def check_at_loss(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     _ok(f"at_loss: correct ({got.item():.5f} on the test features, teacher detached)")
 
 
+# --------------------------------------------------------------------------- gradient AT
+
+
+class _SmoothNet(nn.Module):
+    """conv -> tanh -> mean -> linear on [B, 3, H, W]: a tiny network with smooth gradients.
+
+    Not mirror-symmetric (its kernels are random), so its input gradient has a non-zero
+    flip penalty that a checker can compare.
+    """
+
+    def __init__(self, seed: int, classes: int = 3) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, classes)
+        for param in self.parameters():
+            param.data = torch.randn(param.shape, generator=gen) * 0.5
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.tanh(self.conv(x)).mean(dim=(2, 3)))
+
+
+def check_input_gradient(fn: Callable[[nn.Module, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(model, images [B, 3, H, W], labels [B]) -> J [B, 3, H, W]``.
+
+    J = dCE/dx (Zagoruyko & Komodakis 2017, Section 3.2), row b the gradient of image b's
+    own loss (the gradient of the summed cross-entropy), whether or not ``images``
+    requires grad.
+    """
+    from .distill.gradient import input_gradient
+
+    what = "input_gradient"
+    net = _SmoothNet(3).eval()
+    x = _inputs(5, 3, 8, 8, seed=4, scale=1.0)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    expected = input_gradient(net, x, y)
+    got = _as_tensor(_call(fn, net, x, y), what)
+    if got.shape != expected.shape:
+        raise ExerciseError(
+            f"{what}: expected shape {list(expected.shape)} (one value per input pixel and "
+            f"colour channel, like the images), got {list(got.shape)}"
+        )
+    _diagnose(
+        got,
+        expected,
+        [
+            (
+                expected / len(y),
+                f"your gradient is {len(y)} times too small: the batch-mean cross-entropy "
+                "divides each image's gradient by B; use reduction='sum' so row b is the "
+                "gradient of image b's own loss",
+            ),
+            (-expected, "the sign is flipped: take the gradient of the loss, not of -loss"),
+        ],
+        what,
+    )
+    x_grad = x.clone().requires_grad_(True)
+    again = _as_tensor(_call(fn, net, x_grad, y), what)
+    if not _close(again, expected):
+        raise ExerciseError(
+            f"{what}: the result changes when the images already require grad: "
+            "differentiate a fresh leaf, images.detach().requires_grad_(True)"
+        )
+    if x_grad.grad is not None:
+        raise ExerciseError(
+            f"{what} left a .grad on the caller's images: use torch.autograd.grad(loss, x) "
+            "on a detached copy rather than loss.backward()"
+        )
+    _ok(f"{what}: correct shape {list(got.shape)}, per-image gradients, input untouched")
+
+
+def check_flip_penalty(fn: Callable[[nn.Module, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(model, images, labels) -> scalar``: ``mean_b ||J(x) - flip(J(flip(x)))||_2``.
+
+    The flip-invariance penalty of Section 3.2; J as in :func:`check_input_gradient`,
+    flips left to right (along W), the norm per image over its 3 x H x W values.
+    """
+    from .distill.gradient import flip_invariance_loss, input_gradient
+
+    what = "flip penalty"
+    net = _SmoothNet(5).eval()
+    x = _inputs(4, 3, 8, 8, seed=6, scale=1.0)
+    y = torch.tensor([2, 0, 1, 1])
+    expected = flip_invariance_loss(net, x, y, create_graph=False)
+    got = _as_tensor(_call(fn, net, x, y), what)
+    _require_scalar(got, len(y), 3 * 8 * 8, what)
+    got = got.reshape(())
+
+    def mirror(t: Tensor) -> Tensor:
+        return torch.flip(t, dims=(-1,))
+
+    def upside_down(t: Tensor) -> Tensor:
+        return torch.flip(t, dims=(-2,))
+
+    J = input_gradient(net, x, y)
+    J_m = input_gradient(net, mirror(x), y)
+    diff = J - mirror(J_m)
+    _diagnose(
+        got,
+        expected,
+        [
+            (
+                (J - J_m).flatten(1).norm(dim=1).mean(),
+                "flip J(flip(x)) back before subtracting it, so both gradients are in x's "
+                "coordinates",
+            ),
+            (
+                (J - upside_down(input_gradient(net, upside_down(x), y)))
+                .flatten(1)
+                .norm(dim=1)
+                .mean(),
+                "you flipped upside down (dims=(-2,)); mirror left to right, along the "
+                "width: dims=(-1,)",
+            ),
+            (diff.flatten(1).pow(2).sum(1).mean(), "take the norm, not its square"),
+            (diff.flatten(1).norm(dim=1).sum(), "average the per-image norms, do not sum them"),
+            (diff.norm(), "take one norm per image, then average: not one norm of the batch"),
+        ],
+        what,
+    )
+    _ok(f"{what}: correct ({got.item():.5f} on the test images)")
+
+
 # --------------------------------------------------------------------------- explain why
 
 #: Multiple-choice questions: id -> prompt, choices, the correct letter, and feedback for
@@ -609,6 +734,26 @@ QUESTIONS: dict[str, dict[str, Any]] = {
             "a": "The opposite: small values shrink relative to large ones.",
             "c": "Normalization removes the overall scale, not the relative contrast that p sets.",
             "d": "The map is [H, W] whatever p is.",
+        },
+    },
+    "grad_create_graph": {
+        "prompt": "GradientAT computes the student's input gradient J_S with "
+        "create_graph=True. What would go wrong with create_graph=False?",
+        "choices": {
+            "a": "J_S would be computed in lower precision.",
+            "b": "J_S would be a constant with no history: the penalty would send no "
+            "gradient to the student's weights.",
+            "c": "The teacher's weights would receive gradients.",
+            "d": "Nothing: create_graph only saves memory.",
+        },
+        "correct": "b",
+        "explanation": "The penalty depends on the weights only through J_S, so its "
+        "gradient is a second derivative, which autograd can take only through a recorded "
+        "backward pass (double backprop).",
+        "feedback": {
+            "a": "create_graph says nothing about the dtype; precision is set by autocast.",
+            "c": "J_T is detached whatever create_graph is for the student.",
+            "d": "It costs memory, but it is what makes the penalty trainable at all.",
         },
     },
 }
