@@ -19,7 +19,9 @@ default in the notebook is a list) the whole text is one value: ``-p sweep=1,2,4
 tuple (1, 2, 4). Several grids multiply.
 
 Jobs. Each job gets its own folder, ``runs/notebooks/<profile>/<job>/``, with the executed
-notebook and ``job.json`` (status, parameters, time). Jobs with ``-p`` values train into
+notebook, ``job.json`` (status, error, parameters, time) and, under ``--jobs``, the log of
+its papermill process (``papermill.log``). Jobs that set a training parameter with ``-p``
+(a method knob or the recipe: ``beta``, ``T``, ``epochs``, ``teacher_arch``...) train into
 their own runs folder, ``runs/variants/<key=value...>/``, so a run under a non-default
 setting never replaces the default run of the same name (the leaderboard reads both, as
 separate rows). ``--jobs N`` runs N notebooks at once, each with cores / N CPU threads; a
@@ -37,8 +39,8 @@ import concurrent.futures as futures
 import datetime as _dt
 import hashlib
 import json
-import multiprocessing
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -116,22 +118,17 @@ def parse_grid(text: str, *, takes_tuple: bool = False) -> tuple[str, list[Any]]
     key, raw = (part.strip() for part in text.split("=", 1))
     if not key or not raw:
         raise CLIError(f"-p expects key=value with both parts, got {text!r}")
-    if takes_tuple:
-        _, value = parse_assignment(f"{key}={raw}")
-        if isinstance(value, list):
-            value = tuple(value)
-        elif not isinstance(value, tuple):
-            value = (value,)
-        return key, [value]
     try:
         node = ast.parse(raw, mode="eval").body
     except SyntaxError:  # e.g. folder:/path: one plain string
-        return key, [raw]
-    if isinstance(node, (ast.Tuple, ast.List)):
-        if not node.elts:
-            raise CLIError(f"-p {key}={raw} gives no value")
-        return key, [_literal_or_text(raw, elt) for elt in node.elts]
-    return key, [_literal_or_text(raw, node)]
+        return key, [(raw,) if takes_tuple else raw]
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List)) else [node]
+    values = [_literal_or_text(raw, item) for item in items]
+    if takes_tuple:
+        return key, [tuple(values)]
+    if not values:
+        raise CLIError(f"-p {key}={raw} gives no value")
+    return key, values
 
 
 def find_notebooks(names: Sequence[str]) -> list[Path]:
@@ -189,9 +186,11 @@ def _check_parameters(nb: Path, params: dict[str, Any], grid: Sequence[str] = ()
                 raise CLIError(f"{exc}{hint}") from exc
 
 
-#: Keys that never send a job's runs to a runs folder of its own: they are part of the run
-#: names (profile, dataset, seed) or do not change what is learned (device).
-_SHARED_RUN_KEYS = ("profile", "dataset", "device", "seed")
+#: Parameters that never send a job's runs to a runs folder of its own: they are part of
+#: the run names (profile, dataset, seed), do not change what is learned (device,
+#: precision), or change only runs that keep no record (sweep). Notebook knobs that are
+#: not in PARAMS (``skip``, ``run_flip``) choose what a notebook shows, not how a run trains.
+_SHARED_RUN_KEYS = ("profile", "dataset", "device", "precision", "seed", "sweep")
 
 
 @dataclass
@@ -254,7 +253,7 @@ def expand_jobs(
         key, values = parse_grid(text, takes_tuple=_takes_tuple(key, declared))
         grids[key] = values
     grid_keys = [k for k, v in grids.items() if len(v) > 1]
-    own_runs = [k for k in grids if k not in _SHARED_RUN_KEYS]
+    own_runs = [k for k in grids if k in PARAMS and k not in _SHARED_RUN_KEYS]
     jobs = []
     for nb in notebooks:
         for point in product(*grids.values()):
@@ -308,7 +307,8 @@ def _execute(
     """Run one notebook with papermill; ``(status, error, seconds)``, never raises.
 
     ``env`` is set around the call, so the kernel papermill starts inherits it (thread
-    count, runs folder). Runs in this process or in a worker process of ``--jobs``.
+    count, runs folder). Used one job at a time, so that ``--verbose`` and ``--progress``
+    can stream; ``--jobs`` runs :func:`_execute_in_process` instead.
     """
     import papermill as pm
 
@@ -336,6 +336,34 @@ def _execute(
             else:
                 os.environ[key] = value
     return status, error, time.perf_counter() - t0
+
+
+def _execute_in_process(job: Job, folder: Path, output: Path) -> tuple[str, str, float]:
+    """Run one notebook in a papermill process of its own; its log goes to the job folder.
+
+    Returns ``(status, error, seconds)`` like :func:`_execute`: the error is the last line
+    papermill wrote (the exception of the failing cell), the whole log is in
+    ``papermill.log``.
+    """
+    command = [
+        sys.executable, "-m", "papermill", str(job.notebook), str(output),
+        "-y", json.dumps(job.params, default=list), "--cwd", str(job.notebook.parent),
+        "--no-progress-bar",
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            command, env={**os.environ, **job.env}, capture_output=True, text=True
+        )
+    except OSError as exc:
+        return "FAILED", f"could not start papermill: {exc}"[:200], time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    (folder / "papermill.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode == 0:
+        return "ok", "", seconds
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    error = lines[-1][:200] if lines else f"papermill exited with status {proc.returncode}"
+    return "FAILED", error, seconds
 
 
 def _cpu_count() -> int:
@@ -407,23 +435,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
             finish(job, folder, code, result)
     else:
-        # spawn, not fork: the parent has imported torch, whose threads do not survive fork
-        ctx = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
-            running = {}
-            for job, folder, out, code in todo:
-                fut = pool.submit(
-                    _execute, str(job.notebook), str(out), job.params, job.env, False, False
-                )
-                running[fut] = (job, folder, code)
+        # Threads that each wait on a papermill process: the environment (threads, runs
+        # folder) goes to that process alone, and nothing here imports torch again.
+        with futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            running = {
+                pool.submit(_execute_in_process, job, folder, out): (job, folder, code)
+                for job, folder, out, code in todo
+            }
             try:
                 for fut in futures.as_completed(running):
                     job, folder, code = running[fut]
-                    try:
-                        result = fut.result()
-                    except Exception as exc:  # the worker process itself died
-                        result = ("FAILED", f"worker process failed: {exc!r}"[:200], 0.0)
-                    finish(job, folder, code, result)
+                    finish(job, folder, code, fut.result())
             except KeyboardInterrupt:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise

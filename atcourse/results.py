@@ -353,13 +353,14 @@ class EntryRun:
         return self.record.get("final", {})
 
 
-def _zoo_run_folder(entry: Entry, cfg: Any) -> Path:
+def _zoo_checkpoint(entry: Entry, cfg: Any) -> Path:
+    """Where the zoo keeps a zoo entry's model (its run folder has the same name)."""
     from . import zoo
 
     role = "teacher" if entry.source == "zoo.teacher" else "baseline"
     epochs = cfg["teacher_epochs"] if role == "teacher" else cfg["epochs"]
     recipe = cfg.replace(epochs=epochs, arch=entry.student)
-    return paths.runs_root() / "zoo" / zoo.checkpoint_path(entry.student, recipe, role=role).stem
+    return zoo.checkpoint_path(entry.student, recipe, role=role)
 
 
 def _restore_zoo_record(folder: Path, entry: Entry, model: torch.nn.Module) -> dict:
@@ -423,8 +424,8 @@ def train_entry(
         cfg: a resolved configuration (:func:`atcourse.config.configure`).
         data: (train, test) sets already loaded.
         teachers: a cache of loaded teachers by architecture (filled as needed).
-        train: False: only read what exists (no training, no teacher); a missing or
-            different run gives None with a note.
+        train: False: only read what exists, train nothing (a zoo model cached in the
+            data folder is loaded); a missing or different run gives None with a note.
         progress: progress bars.
         alignment: measure the attention alignment of the trained network on the test
             set's masks (:func:`measure_alignment`) and store it in the record.
@@ -443,13 +444,15 @@ def train_entry(
 
     zoo_entry = entry.source in ("zoo.teacher", "zoo.baseline")
     if zoo_entry:
-        folder = _zoo_run_folder(entry, cfg)
+        folder = paths.runs_root() / "zoo" / _zoo_checkpoint(entry, cfg).stem
         name = folder.name
     else:
         name = run_name(entry.label, entry.student, cfg["dataset"], cfg["profile"], cfg["seed"])
         folder = run_dir(name)
 
-    if not train:
+    # a zoo model cached by another runs folder has no record here: loading it trains nothing
+    cached = zoo_entry and _read_record(folder) is None and _zoo_checkpoint(entry, cfg).exists()
+    if not train and not cached:
         record = _read_record(folder)
         if record is None or not record.get("complete") or not _record_matches(entry, record):
             print(f"note: no finished run {name} for {entry.label!r} (train=False: skipped)")

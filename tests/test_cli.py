@@ -119,6 +119,10 @@ def test_sweep_expansion(tmp_path):
     assert {(j.params["beta"], j.params["at_mode"], j.params["seed"]) for j in jobs} == {
         (b, m, s) for b in (100.0, 1000.0) for m in ("code", "paper") for s in (0, 1)
     }
+    knob = _notebook(tmp_path / "k.ipynb", "seed = 0\nskip = []\nbeta = None\n", "pass")
+    only_view = cli.expand_jobs([knob], ["skip=kd,at"])  # a notebook knob: shared runs
+    assert len(only_view) == 1 and only_view[0].params["skip"] == ("kd", "at")
+    assert only_view[0].variant is None
     plain = cli.expand_jobs([nb], [], [3])
     assert plain[0].name == "a-s3" and plain[0].variant is None and plain[0].params == {"seed": 3}
     bracket = cli.expand_jobs([nb], ["beta=[1, 2, 3]"])
@@ -178,9 +182,15 @@ def test_parallel_jobs_share_one_teacher(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ATCOURSE_RUNS", str(tmp_path / "runs"))
     monkeypatch.delenv("ATCOURSE_PROFILE", raising=False)
     nbs = [_notebook(tmp_path / f"t{i}.ipynb", "seed = 0\n", _TEACHER_BODY) for i in (1, 2)]
+    bad = _notebook(tmp_path / "bad.ipynb", "seed = 0\n", "raise ValueError('broken on purpose')")
     out = tmp_path / "out"
-    code = cli.main(["run", *map(str, nbs), "--jobs", "2", "--threads", "1", "--output", str(out)])
-    assert code == 0, capsys.readouterr()
+    argv = ["run", str(bad), *map(str, nbs), "--jobs", "2", "--threads", "1", "--output", str(out)]
+    assert cli.main(argv) == 1  # the failure is in the exit status...
+    text = capsys.readouterr().out
+    summary = text[text.rindex("notebook job") :]
+    assert re.search(r"bad +FAILED .*ValueError: broken on purpose", summary)  # ...and the summary
+    assert re.search(r"t1 +ok ", summary) and re.search(r"t2 +ok ", summary)
+    assert "broken on purpose" in (out / "bad" / "papermill.log").read_text()
     printed = [_printed(out / f"t{i}" / f"t{i}.ipynb") for i in (1, 2)]
     assert sorted("cached True" in p for p in printed) == [False, True]
     assert all("threads 1" in p for p in printed)
