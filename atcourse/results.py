@@ -187,6 +187,7 @@ def _write_json(path: Path, record: dict) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(record, indent=1, default=_json_default))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a record is meant to be read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
