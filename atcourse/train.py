@@ -234,7 +234,9 @@ def fit(
             a fresh run otherwise. ``False``: always a fresh run.
         progress: show a progress bar.
         callbacks: called as ``fn(epoch, row)`` after each epoch's checkpoint is written.
-        record: write a run record (``record.json``) into the run folder.
+        record: write a run record (``record.json``) into the run folder. A recorded run
+            holds the folder's lock (``.lock``) while it trains: a second process asking
+            for the same run waits, then resumes or replaces it as ``resume`` says.
 
     Returns:
         :class:`TrainResult` with the per-epoch history and the final metrics.

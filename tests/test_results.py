@@ -285,3 +285,15 @@ def test_update_page_fills_marked_sections_and_keeps_the_rest(tmp_path):
     page.write_text("<!-- atcourse:leaderboard profile=lab dataset=shapes -->\n")
     with pytest.raises(ValueError, match="has no"):
         results.update_page(page, recs)
+
+
+def test_measure_alignment_reads_cnns_and_vits(tiny_roots):
+    from atcourse.data import load_dataset
+
+    test_set = load_dataset("shapes", "test", size=16)
+    for arch, layer in (("wrn_10_1", "group2"), ("vit_tiny", "blocks.")):
+        score, where = results.measure_alignment(models.build(arch), test_set, batch_size=8)
+        assert 0.0 < score < 1.0 and where.startswith(layer), (arch, where)
+    no_masks = load_dataset("shapes", "test", size=16)
+    no_masks.masks = None
+    assert results.measure_alignment(models.build("wrn_10_1"), no_masks) is None
