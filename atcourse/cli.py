@@ -1,31 +1,61 @@
-"""The ``atcourse`` command: run notebooks, train a model, check the environment.
+"""The ``atcourse`` command: run notebooks, train a model, tabulate results, check the setup.
 
-    atcourse run [NOTEBOOK ...] --profile smoke --seeds 0,1 -p beta=1000
+    atcourse run [NOTEBOOK ...] --profile smoke --seeds 0,1 -p beta=1e2,1e3 --jobs 2
     atcourse train --arch wrn_16_1 --profile lab
+    atcourse results --profile lab       # the leaderboard of the run records
     atcourse student                     # exercise editions into build/student/
     atcourse bench --models wrn_16_1     # images/s and method overheads
     atcourse doctor
 
-``atcourse run`` executes notebooks with papermill. Before launching anything it checks
-every ``-p`` name against the notebook's ``parameters`` cell and every value against
-:data:`atcourse.config.PARAMS`, so a typo fails in a second rather than after a run.
+``atcourse run`` executes notebooks with papermill. Before launching anything it expands
+the sweep (notebooks x grid points x seeds) and checks every ``-p`` name against each
+notebook's ``parameters`` cell and every value against :data:`atcourse.config.PARAMS`, so
+a typo fails in a second rather than after a run.
+
+Sweeps. ``--seeds 0,1,2`` runs each notebook once per seed. ``-p key=v1,v2`` is a grid,
+one job per value, for a parameter that takes a single value; for a parameter that takes
+a tuple (declared as such in ``PARAMS``, e.g. ``milestones`` and ``sweep``, or whose
+default in the notebook is a list) the whole text is one value: ``-p sweep=1,2,4`` is the
+tuple (1, 2, 4). Several grids multiply.
+
+Jobs. Each job gets its own folder, ``runs/notebooks/<profile>/<job>/``, with the executed
+notebook, ``job.json`` (status, error, parameters, time) and, under ``--jobs``, the log of
+its papermill process (``papermill.log``). Jobs that set a training parameter with ``-p``
+(a method knob or the recipe: ``beta``, ``T``, ``epochs``, ``teacher_arch``...) train into
+their own runs folder, ``runs/variants/<key=value...>/``, so a run under a non-default
+setting never replaces the default run of the same name (the leaderboard reads both, as
+separate rows). ``--jobs N`` runs N notebooks at once, each with cores / N CPU threads; a
+teacher they share is trained once (the zoo's file lock) and a run they share is trained
+by one and reused or waited for by the other (``train.fit`` locks its run folder).
+``--resume`` skips the jobs whose ``job.json`` says they finished with the same parameters
+and the same notebook code.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures as futures
+import datetime as _dt
+import hashlib
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 from . import paths
 from .config import PARAMS, PROFILES, ConfigError
 
-__all__ = ["main", "notebook_parameters", "parse_assignment", "find_notebooks"]
+__all__ = [
+    "main", "notebook_parameters", "parse_assignment", "parse_grid", "find_notebooks",
+    "Job", "expand_jobs",
+]  # fmt: skip
 
 
 class CLIError(Exception):
@@ -67,6 +97,40 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _literal_or_text(source: str, node: ast.expr) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:  # a bare word such as code or cifar10: the text itself
+        return ast.get_source_segment(source, node)
+
+
+def parse_grid(text: str, *, takes_tuple: bool = False) -> tuple[str, list[Any]]:
+    """``key=v1,v2,...`` -> (key, [values]): the values of a grid, one job each.
+
+    For a parameter that takes one value, commas (or a list, ``[v1, v2]``) separate the
+    grid's values; each is a Python literal or, failing that, the plain text
+    (``at_mode=code,paper``). For a parameter that takes a tuple (``takes_tuple``), the
+    whole text is one value and a single number becomes a 1-tuple: ``sweep=1,2,4`` ->
+    ``[(1, 2, 4)]``; there is no grid over tuple parameters (run once per value).
+    """
+    if "=" not in text:
+        raise CLIError(f"-p expects key=value, got {text!r}")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    if not key or not raw:
+        raise CLIError(f"-p expects key=value with both parts, got {text!r}")
+    try:
+        node = ast.parse(raw, mode="eval").body
+    except SyntaxError:  # e.g. folder:/path: one plain string
+        return key, [(raw,) if takes_tuple else raw]
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List)) else [node]
+    values = [_literal_or_text(raw, item) for item in items]
+    if takes_tuple:
+        return key, [tuple(values)]
+    if not values:
+        raise CLIError(f"-p {key}={raw} gives no value")
+    return key, values
+
+
 def find_notebooks(names: Sequence[str]) -> list[Path]:
     """Notebook paths from names, numbers ('02') or paths; all course notebooks when empty."""
     root = paths.repo_root()
@@ -90,7 +154,15 @@ def find_notebooks(names: Sequence[str]) -> list[Path]:
     return found
 
 
-def _check_parameters(nb: Path, params: dict[str, Any]) -> None:
+def _takes_tuple(key: str, declared: Sequence[dict[str, Any]]) -> bool:
+    """Whether ``key`` takes a tuple: its type in PARAMS, else the notebooks' defaults."""
+    if key in PARAMS:
+        types = PARAMS[key].type if isinstance(PARAMS[key].type, tuple) else (PARAMS[key].type,)
+        return tuple in types or list in types
+    return any(isinstance(d.get(key), (list, tuple)) for d in declared)
+
+
+def _check_parameters(nb: Path, params: dict[str, Any], grid: Sequence[str] = ()) -> None:
     declared = notebook_parameters(nb)
     for key, value in params.items():
         if key not in declared:
@@ -102,61 +174,311 @@ def _check_parameters(nb: Path, params: dict[str, Any]) -> None:
             try:
                 PARAMS[key].check(key, value)
             except ConfigError as exc:
-                raise CLIError(str(exc)) from exc
+                if key in grid:
+                    hint = f" (-p {key}=a,b,... runs one job per value)"
+                elif _takes_tuple(key, [declared]):
+                    hint = (
+                        f" ({key} takes a tuple: -p {key}=a,b,... is one value; there is "
+                        f"no grid over tuple parameters, run once per value)"
+                    )
+                else:
+                    hint = ""
+                raise CLIError(f"{exc}{hint}") from exc
+
+
+#: Parameters that never send a job's runs to a runs folder of its own: they are part of
+#: the run names (profile, dataset, seed), do not change what is learned (device,
+#: precision), or change only runs that keep no record (sweep). Notebook knobs that are
+#: not in PARAMS (``skip``, ``run_flip``) choose what a notebook shows, not how a run trains.
+_SHARED_RUN_KEYS = ("profile", "dataset", "device", "precision", "seed", "sweep")
+
+
+@dataclass
+class Job:
+    """One notebook execution of a sweep.
+
+    Attributes:
+        notebook: the source notebook.
+        params: the parameters papermill injects.
+        name: the job's name, also its folder: ``<stem>[-key=value...][-s<seed>]``.
+        variant: the runs subfolder for its training runs (``key=value...`` of its ``-p``
+            values), or None for the shared runs folder.
+    """
+
+    notebook: Path
+    params: dict[str, Any]
+    name: str
+    variant: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, (list, tuple)):
+        text = ",".join(_show(v) for v in value)
+    else:
+        text = str(value)
+    return "".join(c if c.isalnum() or c in "-_.,+" else "_" for c in text)
+
+
+def expand_jobs(
+    notebooks: Sequence[Path],
+    assignments: Sequence[str] = (),
+    seeds: Sequence[int] | None = None,
+    base: dict[str, Any] | None = None,
+) -> list[Job]:
+    """The jobs of a sweep: every notebook x every grid point x every seed, in that order.
+
+    Args:
+        notebooks: notebook paths.
+        assignments: the ``-p`` texts (``key=value`` or ``key=v1,v2``; see
+            :func:`parse_grid` for which parameters take a grid).
+        seeds: one job per seed (None: the notebooks' own seed).
+        base: fixed parameters (``--profile``, ``--dataset``, ``--device``).
+
+    Raises:
+        CLIError: an unknown parameter or a bad value, before anything runs; a key given
+            twice; a seed given with ``-p`` (use ``--seeds``).
+    """
+    base = dict(base or {})
+    declared = [notebook_parameters(nb) for nb in notebooks]
+    grids: dict[str, list[Any]] = {}
+    for text in assignments:
+        key = text.split("=", 1)[0].strip()
+        if key == "seed":
+            raise CLIError("set seeds with --seeds 0,1,2, not -p seed=...")
+        if key in grids or key in base:
+            raise CLIError(f"parameter {key!r} is given twice (in -p or as an option)")
+        key, values = parse_grid(text, takes_tuple=_takes_tuple(key, declared))
+        grids[key] = values
+    grid_keys = [k for k, v in grids.items() if len(v) > 1]
+    own_runs = [k for k in grids if k in PARAMS and k not in _SHARED_RUN_KEYS]
+    jobs = []
+    for nb in notebooks:
+        for point in product(*grids.values()):
+            for seed in [None] if seeds is None else seeds:
+                params = {**base, **dict(zip(grids, point))}
+                if seed is not None:
+                    params["seed"] = seed
+                _check_parameters(nb, params, grid_keys)  # every job checked before any runs
+                name = nb.stem + "".join(f"-{k}={_show(params[k])}" for k in grid_keys)
+                name += f"-s{seed}" if seed is not None else ""
+                variant = "-".join(f"{k}={_show(params[k])}" for k in own_runs) or None
+                jobs.append(Job(nb, params, name, variant))
+    return jobs
+
+
+def _notebook_code_hash(nb: Path) -> str:
+    """A hash of a notebook's code cells (outputs excluded): what its results depend on."""
+    cells = json.loads(nb.read_text()).get("cells", [])
+    code = [
+        "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+        for c in cells
+        if c.get("cell_type") == "code"
+    ]
+    return hashlib.sha1("\n\0".join(code).encode()).hexdigest()[:12]
+
+
+def _finished(folder: Path, job: Job, code_hash: str) -> bool:
+    try:
+        done = json.loads((folder / "job.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    same_params = json.dumps(done.get("params"), sort_keys=True, default=list) == json.dumps(
+        job.params, sort_keys=True, default=list
+    )
+    return (
+        done.get("status") == "ok"
+        and same_params
+        and done.get("code") == code_hash
+        and (folder / job.notebook.name).exists()
+    )
+
+
+def _execute(
+    notebook: str,
+    output: str,
+    params: dict[str, Any],
+    env: dict[str, str],
+    progress: bool,
+    log_output: bool,
+) -> tuple[str, str, float]:
+    """Run one notebook with papermill; ``(status, error, seconds)``, never raises.
+
+    ``env`` is set around the call, so the kernel papermill starts inherits it (thread
+    count, runs folder). Used one job at a time, so that ``--verbose`` and ``--progress``
+    can stream; ``--jobs`` runs :func:`_execute_in_process` instead.
+    """
+    import papermill as pm
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            notebook,
+            output,
+            parameters=params,
+            cwd=str(Path(notebook).parent),
+            progress_bar=progress,
+            log_output=log_output,
+        )
+        status, error = "ok", ""
+    except Exception as exc:  # a failed notebook must not stop the others
+        status = "FAILED"
+        text = str(exc).strip()
+        error = text.splitlines()[-1][:200] if text else repr(exc)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return status, error, time.perf_counter() - t0
+
+
+def _execute_in_process(job: Job, folder: Path, output: Path) -> tuple[str, str, float]:
+    """Run one notebook in a papermill process of its own; its log goes to the job folder.
+
+    Returns ``(status, error, seconds)`` like :func:`_execute`: the error is the last line
+    papermill wrote (the exception of the failing cell), the whole log is in
+    ``papermill.log``.
+    """
+    command = [
+        sys.executable, "-m", "papermill", str(job.notebook), str(output),
+        "-y", json.dumps(job.params, default=list), "--cwd", str(job.notebook.parent),
+        "--no-progress-bar",
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            command, env={**os.environ, **job.env}, capture_output=True, text=True
+        )
+    except OSError as exc:
+        return "FAILED", f"could not start papermill: {exc}"[:200], time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    (folder / "papermill.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode == 0:
+        return "ok", "", seconds
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    error = lines[-1][:200] if lines else f"papermill exited with status {proc.returncode}"
+    return "FAILED", error, seconds
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import papermill as pm
-
     notebooks = find_notebooks(args.notebooks)
-    base: dict[str, Any] = dict(parse_assignment(p) for p in args.param)
+    base: dict[str, Any] = {}
     for key in ("profile", "dataset", "device"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
-    seeds = [None] if args.seeds is None else _parse_seeds(args.seeds)
-    jobs = []
-    for nb in notebooks:
-        for seed in seeds:
-            params = dict(base)
-            if seed is not None:
-                params["seed"] = seed
-            _check_parameters(nb, params)  # every notebook checked before any runs
-            jobs.append((nb, params))
+    seeds = None if args.seeds is None else _parse_seeds(args.seeds)
+    if args.jobs < 1:
+        raise CLIError(f"--jobs expects a positive number of processes, got {args.jobs}")
+    jobs = expand_jobs(notebooks, args.param, seeds, base)
 
-    profile = base.get("profile", "default")
-    out_dir = Path(args.output) if args.output else paths.runs_root() / "notebooks" / profile
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = []
-    for nb, params in jobs:
-        suffix = f"-s{params['seed']}" if "seed" in params else ""
-        out = out_dir / f"{nb.stem}{suffix}.ipynb"
-        print(f"[atcourse run] {nb.name} {params or ''} -> {out}", flush=True)
-        t0 = time.perf_counter()
-        try:
-            pm.execute_notebook(
-                str(nb),
-                str(out),
-                parameters=params,
-                cwd=str(nb.parent),
-                progress_bar=args.progress,
-                log_output=args.verbose,
+    threads = args.threads or (max(1, _cpu_count() // args.jobs) if args.jobs > 1 else None)
+    runs_root = paths.runs_root()
+    out_root = Path(args.output) if args.output else runs_root / "notebooks"
+    planned = []  # (job, folder, output notebook, code hash, skip)
+    for job in jobs:
+        profile = job.params.get("profile", "default")
+        folder = (out_root if args.output else out_root / str(profile)) / job.name
+        if threads:
+            job.env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        if job.variant:
+            job.env["ATCOURSE_RUNS"] = str(runs_root / "variants" / job.variant)
+        code = _notebook_code_hash(job.notebook)
+        skip = args.resume and _finished(folder, job, code)
+        planned.append((job, folder, folder / job.notebook.name, code, skip))
+
+    summary: dict[str, tuple[str, float, str]] = {}
+
+    def finish(job: Job, folder: Path, code: str, result: tuple[str, str, float]) -> None:
+        status, error, secs = result
+        summary[job.name] = (status, secs, error)
+        record = {
+            "notebook": job.notebook.name, "params": job.params, "status": status,
+            "error": error, "seconds": round(secs, 1), "code": code, "env": job.env,
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }  # fmt: skip
+        (folder / "job.json").write_text(json.dumps(record, indent=1, default=list))
+        print(f"[atcourse run] {status:<6} {job.name} ({secs:.0f} s) {error}".rstrip(), flush=True)
+
+    todo = []
+    for job, folder, out, code, skip in planned:
+        if skip:
+            summary[job.name] = ("skipped", 0.0, "finished earlier (--resume)")
+            print(f"[atcourse run] skip   {job.name}: finished earlier (--resume)", flush=True)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            todo.append((job, folder, out, code))
+    how = f"{args.jobs} at a time" if args.jobs > 1 else "one at a time"
+    print(
+        f"[atcourse run] {len(todo)} notebook job(s) to run, {how}"
+        + (f", {threads} CPU thread(s) each" if threads else ""),
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    if args.jobs == 1:
+        for job, folder, out, code in todo:
+            print(f"[atcourse run] start  {job.name} {job.params or ''} -> {out}", flush=True)
+            result = _execute(
+                str(job.notebook), str(out), job.params, job.env, args.progress, args.verbose
             )
-            status, error = "ok", ""
-        except Exception as exc:  # a failed notebook must not stop the others
-            status = "FAILED"
-            error = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else repr(exc)
-        summary.append((nb.stem + suffix, status, time.perf_counter() - t0, error, out))
+            finish(job, folder, code, result)
+    else:
+        # Threads that each wait on a papermill process: the environment (threads, runs
+        # folder) goes to that process alone, and nothing here imports torch again.
+        with futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            running = {
+                pool.submit(_execute_in_process, job, folder, out): (job, folder, code)
+                for job, folder, out, code in todo
+            }
+            try:
+                for fut in futures.as_completed(running):
+                    job, folder, code = running[fut]
+                    finish(job, folder, code, fut.result())
+            except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    wall = time.perf_counter() - t0
 
-    width = max(len(s[0]) for s in summary)
+    names = [job.name for job, *_ in planned]
+    width = max(len("notebook job"), *(len(n) for n in names))
     print()
-    print(f"{'notebook':<{width}}  status  seconds")
-    for stem, status, secs, error, _ in summary:
-        print(f"{stem:<{width}}  {status:<6}  {secs:7.1f}  {error}")
-    print(f"\nexecuted notebooks are in {out_dir}")
-    failed = sum(s[1] != "ok" for s in summary)
+    print(f"{'notebook job':<{width}}  status   seconds")
+    for name in names:
+        status, secs, error = summary[name]
+        print(f"{name:<{width}}  {status:<7}  {secs:7.1f}  {error}".rstrip())
+    print(f"\nwall time {wall:.0f} s; executed notebooks are in {out_root}")
+    _print_leaderboard({job.params.get("profile") for job in jobs})
+    failed = sum(s[0] == "FAILED" for s in summary.values())
     if failed:
-        print(f"{failed} of {len(summary)} notebook(s) failed", file=sys.stderr)
+        print(f"{failed} of {len(summary)} notebook job(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _print_leaderboard(profiles: set[Any]) -> None:
+    """The leaderboard of the complete run records of the profiles just run."""
+    from . import results
+
+    records = [
+        r
+        for r in results.load_records()
+        if None in profiles or (r.get("params") or {}).get("profile") in profiles
+    ]
+    rows = results.leaderboard(records)
+    if rows:
+        print(f"\nleaderboard of the run records in {paths.runs_root()}:\n")
+        print(results.to_markdown(rows))
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -166,7 +488,48 @@ def _parse_seeds(text: str) -> list[int]:
         raise CLIError(f"--seeds expects integers separated by commas, got {text!r}") from exc
     if not seeds or any(s < 0 for s in seeds):
         raise CLIError(f"--seeds expects non-negative integers, got {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise CLIError(f"--seeds lists a seed twice: {text!r}")
     return seeds
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from . import results
+
+    if args.anchors:
+        items = results.anchors(dataset=args.dataset)
+        text = results.anchors_csv(items) if args.csv else results.anchors_markdown(items)
+    else:
+        records = results.load_records(args.runs)
+        if args.page:
+            page = Path(args.page)
+            if not page.is_file():
+                raise CLIError(f"--page {page}: no such file")
+            try:
+                report = results.update_page(page, records)
+            except ValueError as exc:
+                raise CLIError(str(exc)) from exc
+            for marker, updated in report:
+                print(f"{'updated' if updated else 'kept (no matching records)'}: {marker}")
+            return 0
+        records = [
+            r
+            for r in records
+            if (args.profile is None or (r.get("params") or {}).get("profile") == args.profile)
+            and (args.dataset is None or (r.get("params") or {}).get("dataset") == args.dataset)
+        ]
+        rows = results.leaderboard(records)
+        if not rows:
+            where = args.runs or paths.runs_root()
+            print(f"no complete run records in {where} for this selection", file=sys.stderr)
+            return 1
+        text = results.to_csv(rows) if args.csv else results.to_markdown(rows)
+    if args.output:
+        Path(args.output).write_text(text if text.endswith("\n") else text + "\n")
+        print(f"written to {args.output}")
+    else:
+        print(text)
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -248,26 +611,61 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atcourse", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="execute notebooks with papermill and summarize")
+    run = sub.add_parser("run", help="execute notebooks with papermill, sweeps included")
     run.add_argument(
         "notebooks", nargs="*", help="names like 00 or 02_activation_at (default: all)"
     )
     run.add_argument("--profile", choices=sorted(PROFILES), help="smoke, lab or full")
     run.add_argument("--dataset", help="shapes, cifar10, cifar100 or folder:<path>")
     run.add_argument("--device", help="auto, cpu, cuda or mps")
-    run.add_argument("--seeds", help="comma-separated seeds, each a separate run (e.g. 0,1,2)")
+    run.add_argument("--seeds", help="comma-separated seeds, each a separate job (e.g. 0,1,2)")
     run.add_argument(
         "-p",
         "--param",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="set a notebook parameter (repeatable)",
+        help="set a notebook parameter (repeatable). KEY=V1,V2 is a grid (one job per "
+        "value) for a parameter that takes one value; for a tuple parameter (milestones, "
+        "sweep) the whole list is one value",
     )
-    run.add_argument("--output", help="folder for executed notebooks (default runs/notebooks/...)")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="notebooks run at once, in separate processes (default 1)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per notebook (default: cores / jobs when --jobs > 1)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip jobs that finished earlier with the same parameters and notebook code",
+    )
+    run.add_argument(
+        "--output", help="folder for the job folders (default runs/notebooks/<profile>/)"
+    )
     run.add_argument("--progress", action="store_true", help="show papermill's cell progress")
     run.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
     run.set_defaults(func=_cmd_run)
+
+    res = sub.add_parser("results", help="the leaderboard of the run records, or the anchors")
+    res.add_argument("--runs", default=None, help="runs folder to read (default runs/)")
+    res.add_argument("--profile", choices=sorted(PROFILES), help="only this profile")
+    res.add_argument("--dataset", default=None, help="only this data set")
+    res.add_argument("--csv", action="store_true", help="CSV instead of Markdown")
+    res.add_argument("--anchors", action="store_true", help="the published numbers instead")
+    res.add_argument("--output", default=None, help="write to this file instead of printing")
+    res.add_argument(
+        "--page",
+        default=None,
+        help="regenerate the marked tables of this Markdown page in place (e.g. docs/results.md)",
+    )
+    res.set_defaults(func=_cmd_results)
 
     tr = sub.add_parser("train", help="train one student (alone or distilled) through the loop")
     tr.add_argument("--arch", default="wrn_16_1", help="student architecture (default wrn_16_1)")

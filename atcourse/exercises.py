@@ -38,6 +38,8 @@ __all__ = [
     "check_reduction_bug",
     "check_input_gradient",
     "check_flip_penalty",
+    "check_seed_summary",
+    "check_gap_closed",
     "check_choice",
     "question",
     "QUESTIONS",
@@ -618,6 +620,98 @@ def check_flip_penalty(fn: Callable[[nn.Module, Tensor, Tensor], Tensor]) -> Non
     _ok(f"{what}: correct ({got.item():.5f} on the test images)")
 
 
+# --------------------------------------------------------------------------- leaderboard
+
+
+def _as_pair(value: Any, what: str) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ExerciseError(f"{what} should return a pair (mean, std), got {value!r}")
+    try:
+        return float(value[0]), float(value[1])
+    except (TypeError, ValueError) as err:
+        raise ExerciseError(f"{what} should return two numbers, got {value!r}") from err
+
+
+def check_seed_summary(fn: Callable[[Sequence[float]], tuple[float, float]]) -> None:
+    """Check ``fn(values) -> (mean, std)``: the mean and the *sample* standard deviation.
+
+    The leaderboard's spread over seeds divides by n - 1 (Bessel's correction): with three
+    seeds the population formula (divide by n) understates the spread by a fifth.
+    """
+    what = "seed_summary"
+    for values in ([0.80, 0.84, 0.85], [0.71, 0.69, 0.75, 0.70, 0.73]):
+        n = len(values)
+        mean = sum(values) / n
+        ss = sum((v - mean) ** 2 for v in values)
+        std = math.sqrt(ss / (n - 1))
+        got_mean, got_std = _as_pair(_call(fn, list(values)), what)
+        if not math.isclose(got_mean, mean, rel_tol=1e-6):
+            if math.isclose(got_mean, std, rel_tol=1e-6):
+                raise ExerciseError("you returned (std, mean): the order is (mean, std)")
+            raise ExerciseError(f"{what}: mean of {values} should be {mean:.6f}, got {got_mean}")
+        mistakes = [
+            (math.sqrt(ss / n), "you divided by n (the population std, np.std's default): "
+             "over a few seeds use the sample std, dividing by n - 1 (ddof=1)"),
+            (ss / (n - 1), "you returned the variance: take its square root"),
+            (ss / n, "you returned the population variance: divide by n - 1 and take the "
+             "square root"),
+            (std / math.sqrt(n), "that is the standard error of the mean (std / sqrt(n)); "
+             "the leaderboard shows the spread of single runs, the std itself"),
+        ]  # fmt: skip
+        if not math.isclose(got_std, std, rel_tol=1e-6):
+            for wrong, message in mistakes:
+                if math.isclose(got_std, wrong, rel_tol=1e-6):
+                    raise ExerciseError(message)
+            raise ExerciseError(f"{what}: std of {values} should be {std:.6f}, got {got_std}")
+    _ok("seed_summary: mean and sample standard deviation (n - 1), as in the leaderboard")
+
+
+def check_gap_closed(fn: Callable[[float, float, float], float]) -> None:
+    """Check ``fn(alone, distilled, teacher) -> fraction``: the share of the gap closed.
+
+    (distilled - alone) / (teacher - alone): 0 means no better than the student trained
+    alone, 1 means as good as the teacher. The same formula works on test errors (both
+    differences change sign), which is how papers' error tables compare with accuracies.
+    """
+    what = "gap_closed"
+    cases = [(91.23, 92.07, 93.69), (70.0, 75.0, 80.0), (64.60, 59.40, 74.64)]
+    for alone, distilled, teacher in cases:
+        expected = (distilled - alone) / (teacher - alone)
+        got = _call(fn, alone, distilled, teacher)
+        try:
+            got = float(got)
+        except (TypeError, ValueError) as err:
+            raise ExerciseError(f"{what} should return a number, got {got!r}") from err
+        if math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9):
+            continue
+        mistakes = [
+            (100 * expected, "you returned a percentage: return the fraction (1.0 = the "
+             "whole gap)"),
+            (-expected, "the sign is reversed: a student better than the one trained alone "
+             "should give a positive share"),
+            ((teacher - distilled) / (teacher - alone), "that is the share of the gap left "
+             "open (1 - the answer)"),
+            ((distilled - alone) / teacher, "divide by the gap (teacher - alone), not by the "
+             "teacher's accuracy"),
+            ((distilled - alone) / (teacher - distilled), "divide by the whole gap between "
+             "teacher and student alone (teacher - alone)"),
+        ]  # fmt: skip
+        for wrong, message in mistakes:
+            if math.isclose(got, wrong, rel_tol=1e-6, abs_tol=1e-9):
+                raise ExerciseError(message)
+        raise ExerciseError(
+            f"{what}({alone}, {distilled}, {teacher}) should be {expected:.4f}, got {got:.4f}"
+        )
+    errors = (8.77, 7.93, 6.31)  # the AT paper's test errors for the first case
+    from_errors = float(_call(fn, *errors))
+    if not math.isclose(from_errors, (7.93 - 8.77) / (6.31 - 8.77), rel_tol=1e-6):
+        raise ExerciseError("on test errors the same formula should give the same share")
+    _ok(
+        f"gap_closed: AT closed {from_errors:.0%} of the teacher-student gap in the AT "
+        f"paper's CIFAR-10 row; a negative share means the method hurt"
+    )
+
+
 # --------------------------------------------------------------------------- explain why
 
 #: Multiple-choice questions: id -> prompt, choices, the correct letter, and feedback for
@@ -754,6 +848,69 @@ QUESTIONS: dict[str, dict[str, Any]] = {
             "a": "create_graph says nothing about the dtype; precision is set by autocast.",
             "c": "J_T is detached whatever create_graph is for the student.",
             "d": "It costs memory, but it is what makes the penalty trainable at all.",
+        },
+    },
+    "lb_seeds": {
+        "prompt": "Over 3 seeds, KD scores 83.0 ± 2.6 % and AT 82.1 ± 1.9 % (mean ± sample "
+        "std). What can you conclude?",
+        "choices": {
+            "a": "KD is better than AT on this setting.",
+            "b": "Nothing yet: the difference is smaller than the spread between seeds; more "
+            "seeds (or paired runs with the same seeds) are needed to rank them.",
+            "c": "AT is better, because its results vary less.",
+            "d": "The std is noise and can be ignored; only the means matter.",
+        },
+        "correct": "b",
+        "explanation": "A gap of 0.9 points against seed-to-seed spreads of 2 to 3 points is "
+        "well within what reshuffling the seeds alone produces; papers report medians or "
+        "means of 5 runs for that reason.",
+        "feedback": {
+            "a": "A higher mean over 3 seeds is not evidence when the std is three times "
+            "the difference: another 3 seeds could reverse it.",
+            "c": "A smaller spread says the method is steadier, not that it is more accurate.",
+            "d": "The std is what tells a real difference from luck.",
+        },
+    },
+    "lb_pick": {
+        "prompt": "The teacher is a VGG-13, the student a MobileNetV2 (different families, "
+        "different stages). Which transfer is the safest first choice?",
+        "choices": {
+            "a": "Activation AT on the group outputs.",
+            "b": "Hinton KD on the logits.",
+            "c": "Gradient AT.",
+            "d": "Copying the teacher's attention maps into the student.",
+        },
+        "correct": "b",
+        "explanation": "KD only needs the two networks to share the classes. On CIFAR-100 "
+        "(RepDistiller) this pair gets 67.37 % with KD, against 64.60 % alone and 59.40 % "
+        "with AT: matching maps position by position between unlike stages hurt.",
+        "feedback": {
+            "a": "AT pairs stages by position; between unlike architectures the maps do not "
+            "correspond, and RepDistiller measured AT below the student alone here.",
+            "c": "Gradient AT matches input gradients, costs two to three times a step, and "
+            "its gains in the paper were small even between similar networks.",
+            "d": "Attention copy needs transformers with the same attention shapes.",
+        },
+    },
+    "lb_cost": {
+        "prompt": "Gradient AT costs about 3x the time of plain training per epoch. How do "
+        "you compare it fairly with KD on a fixed compute budget?",
+        "choices": {
+            "a": "Same number of epochs for both: that is what papers do.",
+            "b": "Give KD (and the student alone) the same wall-clock time, i.e. more "
+            "epochs, and compare at equal cost as well as at equal epochs.",
+            "c": "Ignore cost: accuracy is all that counts.",
+            "d": "Divide gradient AT's accuracy by 3.",
+        },
+        "correct": "b",
+        "explanation": "Accuracy at equal epochs answers 'which loss teaches more per "
+        "epoch'; a user with a budget asks 'which is better for the same time'. The "
+        "accuracy-vs-cost figure shows both.",
+        "feedback": {
+            "a": "Equal epochs hides the cost: a slower method may lose to a cheaper one given "
+            "the same time.",
+            "c": "On a CPU or a shared GPU the time is the budget.",
+            "d": "Accuracy does not scale with time; compare at equal time instead.",
         },
     },
 }

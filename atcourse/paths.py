@@ -4,14 +4,19 @@
   runs from a checkout), else ``./data``. Data sets, their decoded caches and the
   teacher zoo's checkpoints live below it.
 - runs root: ``$ATCOURSE_RUNS``, else ``runs/`` beside the data root's parent.
+
+:func:`file_lock` makes concurrent use of these places safe: the zoo trains a teacher
+once however many processes ask for it, and two processes never train one run at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["repo_root", "data_root", "runs_root", "checkpoint_root", "cache_root"]
+__all__ = ["repo_root", "data_root", "runs_root", "checkpoint_root", "cache_root", "file_lock"]
 
 
 def repo_root() -> Path | None:
@@ -47,3 +52,32 @@ def checkpoint_root() -> Path:
 def cache_root() -> Path:
     """Decoded data sets (uint8 tensors) and generated ``shapes`` sets."""
     return data_root() / "cache"
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, *, waiting: str | None = None) -> Iterator[None]:
+    """An exclusive lock between processes on ``path`` (POSIX flock).
+
+    Held until the block exits; the operating system releases it if the process dies. When
+    another process holds it, ``waiting`` (if given) is printed before blocking, so a user
+    sees why nothing moves. On systems without ``fcntl`` (Windows) it is a no-op: still
+    correct for one process.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

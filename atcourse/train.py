@@ -18,6 +18,7 @@ hot path has no host synchronisation on CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import results
+from . import paths, results
 from .config import Config
 from .data import DeviceLoader, ImageDataset
 from .distill.base import Distiller, DistillOutput
@@ -233,13 +234,13 @@ def fit(
             a fresh run otherwise. ``False``: always a fresh run.
         progress: show a progress bar.
         callbacks: called as ``fn(epoch, row)`` after each epoch's checkpoint is written.
-        record: write a run record (``record.json``) into the run folder.
+        record: write a run record (``record.json``) into the run folder. A recorded run
+            holds the folder's lock (``.lock``) while it trains: a second process asking
+            for the same run waits, then resumes or replaces it as ``resume`` says.
 
     Returns:
         :class:`TrainResult` with the per-epoch history and the final metrics.
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(method, Distiller):
         raise TypeError(
             f"fit() trains a Distiller, not {type(method).__name__}; wrap a plain model as "
@@ -247,6 +248,34 @@ def fit(
         )
     name = name or _run_name(method, cfg)
     run_dir = Path(run_dir) if run_dir is not None else results.run_dir(name)
+    # One process per run folder: notebooks run in parallel (``atcourse run --jobs``) share
+    # run names, and two processes writing one checkpoint would corrupt each other's runs.
+    # The second waits, then resumes from (or, with resume=False, replaces) the first's run.
+    lock = (
+        paths.file_lock(run_dir / ".lock", waiting=f"waiting for run {name}: another process "
+                        "is training it")
+        if record else contextlib.nullcontext()
+    )  # fmt: skip
+    with lock:
+        return _fit(method, cfg, train_set, test_set, name, run_dir, resume, progress,
+                    callbacks, record)  # fmt: skip
+
+
+def _fit(
+    method: Distiller,
+    cfg: Config,
+    train_set: ImageDataset,
+    test_set: ImageDataset | None,
+    name: str,
+    run_dir: Path,
+    resume: bool | str,
+    progress: bool,
+    callbacks: Sequence[Callable[[int, dict[str, float]], None]],
+    record: bool,
+) -> TrainResult:
+    """The body of :func:`fit`, run while holding the run folder's lock."""
+    from tqdm.auto import tqdm
+
     precision = precision_for(cfg["device"], cfg.get("precision") or "auto")
     device = precision.device
     seed_everything(cfg["seed"])

@@ -9,7 +9,6 @@ makes two processes asking for the same teacher at once train it only once.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from dataclasses import asdict
@@ -60,23 +59,6 @@ def _data_version(dataset: str) -> str:
     return dataset
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock between processes (POSIX flock; a no-op where unavailable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no inter-process lock, still correct for one process
-        yield
-        return
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _train_or_load(
     arch: str,
     cfg: Config,
@@ -89,7 +71,8 @@ def _train_or_load(
 ) -> nn.Module:
     recipe = _recipe(arch, cfg, epochs)
     path = checkpoint_path(arch, recipe, role=role)
-    with _file_lock(path.with_suffix(".lock")):
+    waiting = f"waiting for {path.name}: another process is training it"
+    with paths.file_lock(path.with_suffix(".lock"), waiting=waiting):
         if path.exists() and not retrain:
             saved = torch.load(path, map_location="cpu", weights_only=False)
             model = models.build(arch, num_classes=saved["num_classes"])

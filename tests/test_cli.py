@@ -1,6 +1,7 @@
 """The atcourse command: parameter checks before launching, summaries, exit codes."""
 
 import json
+import re
 
 import pytest
 
@@ -73,6 +74,13 @@ def test_bad_value_fails_before_running(tmp_path, capsys):
     assert "seed" in capsys.readouterr().err
 
 
+def _printed(path):
+    executed = json.loads(path.read_text())
+    return "".join(
+        "".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", [])
+    )
+
+
 def test_run_executes_reports_and_keeps_going_after_a_failure(tmp_path, capsys):
     good = _notebook(tmp_path / "good.ipynb", "seed = 0\n", "print('seed', seed)")
     bad = _notebook(tmp_path / "bad.ipynb", "seed = 0\n", "raise ValueError('broken on purpose')")
@@ -80,12 +88,113 @@ def test_run_executes_reports_and_keeps_going_after_a_failure(tmp_path, capsys):
     code = cli.main(["run", str(bad), str(good), "--seeds", "1", "--output", str(out)])
     text = capsys.readouterr().out
     assert code == 1
-    assert "bad-s1" in text and "FAILED" in text and "good-s1" in text and "ok" in text
-    executed = json.loads((out / "good-s1.ipynb").read_text())
-    printed = "".join(
-        "".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", [])
+    summary = text[text.rindex("notebook job") :]
+    assert re.search(r"bad-s1 +FAILED .*broken on purpose", summary)
+    assert re.search(r"good-s1 +ok ", summary)
+    assert "seed 1" in _printed(out / "good-s1" / "good.ipynb")  # ran after the failure
+    job = json.loads((out / "bad-s1" / "job.json").read_text())
+    assert job["status"] == "FAILED" and "broken on purpose" in job["error"]
+
+
+def test_sweep_expansion(tmp_path):
+    nb = _notebook(
+        tmp_path / "a.ipynb",
+        'profile = "lab"\nseed = 0\nbeta = None\nat_mode = "code"\nmilestones = None\n',
+        "pass",
     )
-    assert "seed 1" in printed
+    jobs = cli.expand_jobs(
+        [nb], ["beta=1e2,1e3", "at_mode=code,paper", "milestones=0.3,0.6"], [0, 1],
+        {"profile": "smoke"},
+    )  # fmt: skip
+    assert len(jobs) == 2 * 2 * 2  # beta x at_mode x seeds; milestones is one tuple
+    first = jobs[0]
+    assert first.params == {
+        "profile": "smoke", "beta": 100.0, "at_mode": "code", "milestones": (0.3, 0.6), "seed": 0,
+    }  # fmt: skip
+    assert first.name == "a-beta=100-at_mode=code-s0"
+    assert first.variant == "beta=100-at_mode=code-milestones=0.3,0.6"
+    assert [j.name for j in jobs[:3]] == [
+        "a-beta=100-at_mode=code-s0", "a-beta=100-at_mode=code-s1", "a-beta=100-at_mode=paper-s0",
+    ]  # fmt: skip
+    assert {(j.params["beta"], j.params["at_mode"], j.params["seed"]) for j in jobs} == {
+        (b, m, s) for b in (100.0, 1000.0) for m in ("code", "paper") for s in (0, 1)
+    }
+    knob = _notebook(tmp_path / "k.ipynb", "seed = 0\nskip = []\nbeta = None\n", "pass")
+    only_view = cli.expand_jobs([knob], ["skip=kd,at"])  # a notebook knob: shared runs
+    assert len(only_view) == 1 and only_view[0].params["skip"] == ("kd", "at")
+    assert only_view[0].variant is None
+    plain = cli.expand_jobs([nb], [], [3])
+    assert plain[0].name == "a-s3" and plain[0].variant is None and plain[0].params == {"seed": 3}
+    bracket = cli.expand_jobs([nb], ["beta=[1, 2, 3]"])
+    assert [j.params["beta"] for j in bracket] == [1.0, 2.0, 3.0] or [
+        j.params["beta"] for j in bracket
+    ] == [1, 2, 3]
+
+
+def test_sweep_errors_name_the_rule(tmp_path):
+    nb = _notebook(
+        tmp_path / "a.ipynb", 'profile = "lab"\nseed = 0\nbeta = None\nmilestones = None\n', "pass"
+    )
+    with pytest.raises(cli.CLIError, match="--seeds"):
+        cli.expand_jobs([nb], ["seed=1,2"])
+    with pytest.raises(cli.CLIError, match="one job per value"):
+        cli.expand_jobs([nb], ["beta=1e3,-1"])
+    with pytest.raises(cli.CLIError, match="takes a tuple.*no grid over tuple"):
+        cli.expand_jobs([nb], ["milestones=0.3,2.0"])
+    with pytest.raises(cli.CLIError, match="given twice"):
+        cli.expand_jobs([nb], ["profile=smoke"], base={"profile": "lab"})
+
+
+def test_resume_skips_finished_jobs(tmp_path, capsys):
+    counter = tmp_path / "count.txt"
+    body = f"with open({str(counter)!r}, 'a') as fh:\n    fh.write(f'{{seed}}\\n')"
+    nb = _notebook(tmp_path / "c.ipynb", "seed = 0\n", body)
+    out = tmp_path / "out"
+    args = ["run", str(nb), "--seeds", "0,1", "--output", str(out), "--resume"]
+    assert cli.main(args) == 0
+    assert counter.read_text().split() == ["0", "1"]
+    (out / "c-s1" / "job.json").write_text(
+        (out / "c-s1" / "job.json").read_text().replace('"ok"', '"FAILED"')
+    )  # a job that failed last time runs again
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"c-s0 +skipped", text) and re.search(r"c-s1 +ok", text)
+    assert counter.read_text().split() == ["0", "1", "1"]
+    assert cli.main(args[:-1]) == 0  # without --resume everything runs
+    assert counter.read_text().split() == ["0", "1", "1", "0", "1"]
+
+
+_TEACHER_BODY = """
+import os
+from atcourse import config, zoo
+cfg = config.configure("smoke", verbose=False, device="cpu", train_size=64, test_size=32,
+                       batch_size=32, teacher_epochs=1, seed=0)
+t = zoo.teacher("wrn_10_1", cfg=cfg, progress=False)
+print("cached", t.zoo_info["cached"], "threads", os.environ.get("OMP_NUM_THREADS"))
+"""
+
+
+def test_parallel_jobs_share_one_teacher(tmp_path, monkeypatch, capsys):
+    # Two notebooks at once ask the zoo for the same teacher: it is trained once, and each
+    # kernel gets its share of the CPU threads (the --threads given here).
+    monkeypatch.setenv("ATCOURSE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("ATCOURSE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("ATCOURSE_PROFILE", raising=False)
+    nbs = [_notebook(tmp_path / f"t{i}.ipynb", "seed = 0\n", _TEACHER_BODY) for i in (1, 2)]
+    bad = _notebook(tmp_path / "bad.ipynb", "seed = 0\n", "raise ValueError('broken on purpose')")
+    out = tmp_path / "out"
+    argv = ["run", str(bad), *map(str, nbs), "--jobs", "2", "--threads", "1", "--output", str(out)]
+    assert cli.main(argv) == 1  # the failure is in the exit status...
+    text = capsys.readouterr().out
+    summary = text[text.rindex("notebook job") :]
+    assert re.search(r"bad +FAILED .*ValueError: broken on purpose", summary)  # ...and the summary
+    assert re.search(r"t1 +ok ", summary) and re.search(r"t2 +ok ", summary)
+    assert "broken on purpose" in (out / "bad" / "papermill.log").read_text()
+    printed = [_printed(out / f"t{i}" / f"t{i}.ipynb") for i in (1, 2)]
+    assert sorted("cached True" in p for p in printed) == [False, True]
+    assert all("threads 1" in p for p in printed)
+    assert len(list((tmp_path / "data" / "checkpoints").glob("teacher-*.pt"))) == 1
 
 
 def test_unknown_notebook_name_lists_choices(capsys):
@@ -144,3 +253,36 @@ def test_train_command_trains_a_distilled_student(tmp_path, monkeypatch, capsys)
     assert record["hparams"]["T"] == 2.0 and record["teacher"] == "wrn_10_1"
     assert cli.main(["train", "--method", "distill_everything", *common]) == 2
     assert "choose one of" in capsys.readouterr().err
+
+
+def test_results_command_prints_exports_and_updates_the_page(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for seed, acc in [(0, 0.8), (1, 0.9)]:
+        d = runs / f"kd-wrn_16_1-shapes-lab-s{seed}"
+        d.mkdir(parents=True)
+        record = {
+            "name": d.name, "method": "kd", "student": "wrn_16_1", "teacher": "wrn_16_2",
+            "hparams": {"T": 4.0}, "complete": True, "updated": "2026-01-01T00:00:00+00:00",
+            "params": {"dataset": "shapes", "profile": "lab", "seed": seed},
+            "final": {"test_acc": acc, "epoch_time_s": 20.0},
+        }  # fmt: skip
+        (d / "record.json").write_text(json.dumps(record))
+    assert cli.main(["results", "--runs", str(runs), "--profile", "lab"]) == 0
+    assert "| kd | kd | wrn_16_2 → wrn_16_1 | shapes | lab | 2 | 85.00 ± 7.07 |" in (
+        capsys.readouterr().out
+    )
+    assert (
+        cli.main(["results", "--runs", str(runs), "--csv", "--output", str(tmp_path / "lb.csv")])
+        == 0
+    )
+    assert (tmp_path / "lb.csv").read_text().startswith("label,method,")
+    assert cli.main(["results", "--runs", str(runs), "--profile", "full"]) == 1
+    assert "no complete run records" in capsys.readouterr().err
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- atcourse:leaderboard profile=lab dataset=shapes -->\n<!-- atcourse:end -->\n"
+    )
+    assert cli.main(["results", "--runs", str(runs), "--page", str(page)]) == 0
+    assert "85.00 ± 7.07" in page.read_text() and "--seeds 0,1" in page.read_text()
+    assert cli.main(["results", "--anchors", "--csv"]) == 0
+    assert "Zagoruyko" in capsys.readouterr().out

@@ -339,3 +339,32 @@ def test_student_edition(tmp_path, capsys):
 def test_write_student_editions_needs_notebooks(tmp_path):
     with pytest.raises(FileNotFoundError, match="no notebooks"):
         write_student_editions(tmp_path, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- leaderboard
+
+
+def test_check_seed_summary(capsys):
+    import statistics
+
+    import numpy as np
+
+    _accepts(ex.check_seed_summary, lambda v: (statistics.fmean(v), statistics.stdev(v)), capsys)
+    _rejects(ex.check_seed_summary, lambda v: (np.mean(v), np.std(v)), "n - 1")
+    _rejects(ex.check_seed_summary, lambda v: (np.mean(v), np.var(v, ddof=1)), "variance")
+    _rejects(ex.check_seed_summary, lambda v: (np.std(v, ddof=1), np.mean(v)), "(mean, std)")
+    _rejects(
+        ex.check_seed_summary,
+        lambda v: (np.mean(v), np.std(v, ddof=1) / len(v) ** 0.5),
+        "standard error",
+    )
+    _rejects(ex.check_seed_summary, lambda v: np.mean(v), "pair")
+
+
+def test_check_gap_closed(capsys):
+    _accepts(ex.check_gap_closed, lambda a, d, t: (d - a) / (t - a), capsys)
+    _rejects(ex.check_gap_closed, lambda a, d, t: 100 * (d - a) / (t - a), "percentage")
+    _rejects(ex.check_gap_closed, lambda a, d, t: (a - d) / (t - a), "sign")
+    _rejects(ex.check_gap_closed, lambda a, d, t: (t - d) / (t - a), "left open")
+    _rejects(ex.check_gap_closed, lambda a, d, t: (d - a) / t, "teacher's accuracy")
+    _rejects(ex.check_gap_closed, lambda a, d, t: (d - a) / (t - d), "whole gap")

@@ -273,3 +273,29 @@ def test_resume_auto_reuses_a_matching_run_and_replaces_another(tmp_path):
         resume="auto",
     )
     assert other.history[0]["wall_time_s"] != first.history[0]["wall_time_s"]  # retrained
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path, capsys):
+    # Another process (here: a lock taken by the test itself, as flock locks conflict
+    # between open files even within one process) is training the run: fit waits for it.
+    import threading
+    import time
+
+    from atcourse import paths
+
+    cfg, tr, te = _tiny(n_train=64, n_test=32, epochs=1)
+    done = []
+
+    def train():
+        result = fit(Baseline(models.build("wrn_10_1")), cfg, tr, te, run_dir=tmp_path / "r",
+                     progress=False, resume=True)  # fmt: skip
+        done.append(result)
+
+    with paths.file_lock(tmp_path / "r" / ".lock"):
+        worker = threading.Thread(target=train)
+        worker.start()
+        time.sleep(1.0)
+        assert worker.is_alive() and not done  # waiting, not training
+    worker.join(timeout=120)
+    assert len(done) == 1 and len(done[0].history) == 1
+    assert "waiting for run" in capsys.readouterr().out
