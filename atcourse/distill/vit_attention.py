@@ -280,10 +280,10 @@ class AttentionDistillation(Distiller):
         if attn_weight < 0:
             raise ValueError(f"attn_weight must be >= 0, got {attn_weight}")
         depth = len(s_layers)
-        self_layers = resolve_layers(attn_layers, depth, default_distill_layers(depth))
+        layers = resolve_layers(attn_layers, depth, default_distill_layers(depth))
         super().__init__(student, teacher)
         self.attn_weight = float(attn_weight)
-        self.attn_layers = self_layers
+        self.attn_layers = layers
         self.log_layers = log_layers
         self._names = _tap_names(self.attn_layers, "logits")
 
