@@ -88,7 +88,7 @@ def _type_names(types: tuple[type, ...]) -> str:
 
 _MODEL_NAMES = (
     "wrn_16_1", "wrn_16_2", "wrn_16_4", "wrn_40_1", "wrn_40_2", "resnet8x4", "resnet32x4",
-    "resnet20", "resnet32", "resnet56", "resnet110", "vit_tiny", "vit_small",
+    "resnet20", "resnet32", "resnet56", "resnet110", "vit_tiny", "vit_small", "vitc_micro",
 )  # fmt: skip
 
 #: Every parameter a notebook or ``atcourse run`` may set. Method knobs live here too, so
@@ -120,6 +120,9 @@ PARAMS: dict[str, Param] = {
     "teacher_epochs": Param(int, "teacher training epochs (zoo)", min=1),
     "batch_size": Param(int, "images per step", min=1),
     "lr": Param(float, "peak learning rate (SGD, Nesterov momentum)", min=0.0),
+    "optimizer": Param(
+        str, "sgd (momentum; None means sgd) or adamw (the ViT recipes)", choices=("sgd", "adamw")
+    ),
     "momentum": Param(float, "SGD momentum", min=0.0, max=1.0),
     "weight_decay": Param(float, "L2 weight decay", min=0.0),
     "schedule": Param(str, "learning-rate schedule", choices=("step", "cosine", "constant")),
@@ -141,6 +144,30 @@ PARAMS: dict[str, Param] = {
         str, "AT: how channels are reduced", choices=("sum", "mean", "max"), default="mean"
     ),
     "sweep": Param(tuple, "values for the notebook's sweep (None: the profile decides)"),
+    # --- method knobs (ViT attention transfer: attn_copy, attn_distill)
+    "attn_weight": Param(
+        float,
+        "attention distillation: weight of the summed per-layer KL terms",
+        min=0.0,
+        default=3.0,
+    ),
+    "attn_layers": Param(
+        (tuple, str),
+        "ViT blocks to transfer: indices, 'all', 'early' or 'late' "
+        "(None: copy all, distill all but the last quarter)",
+    ),
+    "pretrain_classes": Param(
+        tuple,
+        "classes the transfer teacher is pre-trained on; the student learns the others",
+        min=0,
+        default=(0, 1, 2, 3, 4),
+    ),
+    "pretrain_scale": Param(
+        float,
+        "teacher pre-training images as a multiple of train_size (before the class split)",
+        min=0.01,
+        default=4.0,
+    ),
 }
 
 #: What each profile fills in. ``dataset`` None means shapes; full means CIFAR-10.

@@ -39,6 +39,7 @@ from .runtime import Precision, precision_for, seed_everything, synchronize
 
 __all__ = [
     "fit",
+    "make_optimizer",
     "train_step",
     "evaluate",
     "TrainResult",
@@ -51,6 +52,7 @@ __all__ = [
 TRAIN_KEYS = (
     "dataset", "seed", "train_size", "epochs", "batch_size", "lr", "momentum",
     "weight_decay", "schedule", "milestones", "lr_decay", "warmup_epochs", "label_smoothing",
+    "optimizer",
 )  # fmt: skip
 
 
@@ -101,6 +103,31 @@ def lr_at(cfg: Config | dict, epoch_progress: float) -> float:
         passed = sum(epoch >= round(m * epochs) for m in cfg["milestones"])
         return lr * cfg["lr_decay"] ** passed
     raise ValueError(f"unknown schedule {schedule!r}: choose step, cosine or constant")
+
+
+def make_optimizer(params: Sequence[nn.Parameter], cfg: Config | dict) -> torch.optim.Optimizer:
+    """The optimizer ``cfg["optimizer"]`` names, with ``cfg``'s learning rate and weight decay.
+
+    ``sgd`` (also when unset): SGD with ``momentum``, weight decay on every parameter, the
+    CNN recipes of the attention-transfer papers. ``adamw``: AdamW (betas 0.9, 0.999), the
+    optimizer of every ViT recipe (DeiT, MAE fine-tuning, the ViT attention-transfer paper);
+    as there, biases and normalization weights (1-D parameters) get no weight decay.
+    """
+    name = cfg.get("optimizer") or "sgd"
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+        )
+    if name == "adamw":
+        decay = [p for p in params if p.dim() > 1]
+        no_decay = [p for p in params if p.dim() <= 1]
+        groups = [
+            {"params": decay, "weight_decay": cfg["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg["lr"])
+    raise ValueError(f"unknown optimizer {name!r}: choose sgd or adamw")
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -224,7 +251,8 @@ def fit(
             for a model trained alone.
         cfg: the resolved configuration (:func:`atcourse.config.configure`); uses
             ``epochs, batch_size, lr, momentum, weight_decay, schedule, milestones,
-            lr_decay, warmup_epochs, seed, device, precision``.
+            lr_decay, warmup_epochs, seed, device, precision`` and ``optimizer``
+            (:func:`make_optimizer`).
         train_set, test_set: :class:`~atcourse.data.ImageDataset` (test may be None).
         name: the run's name (default: method-arch-dataset-profile-seed).
         run_dir: where checkpoint and record go (default ``runs/<name>``).
@@ -282,9 +310,7 @@ def _fit(
 
     method = precision.prepare(method)
     params = method.trainable_parameters()
-    optimizer = torch.optim.SGD(
-        params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
-    )
+    optimizer = make_optimizer(params, cfg)
     train_loader = DeviceLoader(
         train_set,
         cfg["batch_size"],
@@ -306,6 +332,8 @@ def _fit(
         )
 
     train_params = {k: cfg.get(k) for k in TRAIN_KEYS}
+    if train_params["optimizer"] == "sgd":
+        train_params["optimizer"] = None  # the default: checkpoints from before the option match
     # what is being trained matters as much as how: a checkpoint of another method, other
     # hyperparameters or another teacher must never be resumed as if it were this run
     teacher = getattr(method, "teacher", None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,25 @@ def _recipe(arch: str, cfg: Config, epochs: int) -> Config:
     return cfg.replace(epochs=epochs, arch=arch)
 
 
-def checkpoint_path(arch: str, cfg: Config, *, role: str = "teacher") -> Path:
-    """Where the zoo keeps (or will keep) this model: the name hashes the recipe."""
+def checkpoint_path(
+    arch: str, cfg: Config, *, role: str = "teacher", classes: Sequence[int] | None = None
+) -> Path:
+    """Where the zoo keeps (or will keep) this model: the name hashes the recipe.
+
+    ``classes`` (a model trained on some classes of the data set only) is part of the key
+    and of the name (``...-c01234-...``); without it the key is what it always was.
+    """
     key = {k: cfg.get(k) for k in _KEY_PARAMS}
     key.update(arch=arch, version=ZOO_VERSION, role=role, data=_data_version(cfg["dataset"]))
+    if cfg.get("optimizer") not in (None, "sgd"):  # SGD keys stay what they always were
+        key["optimizer"] = cfg["optimizer"]
+    subset = ""
+    if classes is not None:
+        key["classes"] = [int(c) for c in classes]
+        subset = "-c" + "_".join(str(int(c)) for c in classes)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()
     return paths.checkpoint_root() / (
-        f"{role}-{arch}-{cfg['dataset'].replace(':', '_').replace('/', '_')}-"
+        f"{role}-{arch}-{cfg['dataset'].replace(':', '_').replace('/', '_')}{subset}-"
         f"{cfg['profile']}-s{cfg['seed']}-{digest[:10]}.pt"
     )
 
@@ -68,9 +81,10 @@ def _train_or_load(
     data: tuple[ImageDataset, ImageDataset] | None,
     progress: bool,
     retrain: bool,
+    classes: Sequence[int] | None = None,
 ) -> nn.Module:
     recipe = _recipe(arch, cfg, epochs)
-    path = checkpoint_path(arch, recipe, role=role)
+    path = checkpoint_path(arch, recipe, role=role, classes=classes)
     waiting = f"waiting for {path.name}: another process is training it"
     with paths.file_lock(path.with_suffix(".lock"), waiting=waiting):
         if path.exists() and not retrain:
@@ -81,6 +95,9 @@ def _train_or_load(
             info["cached"] = True
         else:
             train_set, test_set = data if data is not None else load_splits(recipe)
+            if classes is not None:
+                train_set = train_set.select_classes(classes)
+                test_set = test_set.select_classes(classes)
             seed_everything(recipe["seed"])  # the initial weights follow the seed too
             model = models.build(arch, num_classes=train_set.num_classes)
             method = Baseline(model, label_smoothing=recipe.get("label_smoothing") or 0.0)
@@ -113,6 +130,7 @@ def _train_or_load(
             )
             info["cached"] = False
     model = precision_for(cfg["device"], cfg.get("precision") or "auto").prepare(model)
+    info["classes"] = None if classes is None else [int(c) for c in classes]
     model.zoo_info = info  # history and metrics, for plots and tables
     return freeze(model) if role == "teacher" else model
 
@@ -125,6 +143,7 @@ def teacher(
     *,
     cfg: Config | None = None,
     data: tuple[ImageDataset, ImageDataset] | None = None,
+    classes: Sequence[int] | None = None,
     progress: bool = True,
     retrain: bool = False,
 ) -> nn.Module:
@@ -136,7 +155,11 @@ def teacher(
             ignored where ``cfg`` is given.
         cfg: a resolved configuration; the teacher trains for ``cfg.teacher_epochs``
             with the rest of ``cfg``'s recipe.
-        data: (train, test) sets already loaded, to avoid loading them twice.
+        data: (train, test) sets already loaded, to avoid loading them twice (the whole
+            sets: ``classes`` is applied to them here).
+        classes: train on these classes of the data set only, relabelled ``0..k-1`` in this
+            order (:meth:`~atcourse.data.ImageDataset.select_classes`): a teacher
+            pre-trained on another task than its student's. Part of the checkpoint key.
         progress: show the training progress bar.
         retrain: ignore a cached checkpoint.
 
@@ -153,6 +176,7 @@ def teacher(
         data=data,
         progress=progress,
         retrain=retrain,
+        classes=classes,
     )
 
 
@@ -164,13 +188,14 @@ def baseline(
     *,
     cfg: Config | None = None,
     data: tuple[ImageDataset, ImageDataset] | None = None,
+    classes: Sequence[int] | None = None,
     progress: bool = True,
     retrain: bool = False,
 ) -> nn.Module:
     """A model trained alone for the student's budget (``cfg.epochs``), cached like a teacher.
 
     It is returned trainable (not frozen): it is the "student alone" row, and a starting
-    point for fine-tuning.
+    point for fine-tuning. ``classes`` as in :func:`teacher`.
     """
     cfg = _resolve(cfg, dataset, profile, seed)
     return _train_or_load(
@@ -181,6 +206,7 @@ def baseline(
         data=data,
         progress=progress,
         retrain=retrain,
+        classes=classes,
     )
 
 

@@ -295,6 +295,22 @@ def test_balanced_subset() -> None:
     assert bool((idx[1:] > idx[:-1]).all())
 
 
+def test_select_classes_keeps_and_relabels() -> None:
+    ds = load_dataset("shapes", "test", size=200)
+    sub = ds.select_classes([7, 2])
+    assert sub.classes == [ds.classes[7], ds.classes[2]]
+    keep = (ds.labels == 7) | (ds.labels == 2)
+    assert len(sub) == int(keep.sum())
+    assert torch.equal(sub.images, ds.images[keep])
+    assert torch.equal(sub.masks, ds.masks[keep])
+    assert torch.equal(sub.labels, (ds.labels[keep] == 2).long())  # 7 -> 0, 2 -> 1
+    assert sub.mean == ds.mean and sub.num_classes == 2
+    with pytest.raises(ValueError, match="out of range"):
+        ds.select_classes([3, 10])
+    with pytest.raises(ValueError, match="distinct"):
+        ds.select_classes([1, 1])
+
+
 # ----------------------------------------------------------------------------- CIFAR
 
 

@@ -300,3 +300,24 @@ def test_wrong_shape_override_raises(vit: VisionTransformer) -> None:
     attn.probs_override = torch.full((2, 4, 64, 64), 1 / 64)
     with pytest.raises(ValueError, match=r"\(2, 4, 65, 65\)"):
         attn(torch.randn(2, 65, 128))
+
+
+def test_conv_stem_keeps_the_token_grid() -> None:
+    conv = build("vitc_micro")
+    assert isinstance(conv, VisionTransformer) and conv.stem == "conv"
+    assert conv.num_tokens == 65
+    with torch.no_grad():
+        tokens = conv.patch_embed(_images())
+        assert tokens.shape == (2, 64, 8, 8)
+        assert conv.eval()(_images()).shape == (2, 10)
+    # the explicit and fused paths agree with a conv stem too
+    x = _images()
+    with torch.no_grad():
+        fused = conv(x)
+        for attn in conv.attention_layers():
+            attn.materialize = True
+        torch.testing.assert_close(conv(x), fused, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="power-of-two"):
+        build("vit_tiny", stem="conv", patch_size=3, image_size=24)
+    with pytest.raises(ValueError, match="stem"):
+        build("vit_tiny", stem="hybrid")

@@ -299,3 +299,35 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path, capsys):
     worker.join(timeout=120)
     assert len(done) == 1 and len(done[0].history) == 1
     assert "waiting for run" in capsys.readouterr().out
+
+
+def test_make_optimizer():
+    from atcourse.train import make_optimizer
+
+    cfg, _, _ = _tiny()
+    model = models.build("vit_tiny", depth=1, dim=32, heads=2)
+    sgd = make_optimizer(list(model.parameters()), cfg)
+    assert isinstance(sgd, torch.optim.SGD)
+    adamw = make_optimizer(list(model.parameters()), cfg.replace(optimizer="adamw"))
+    assert isinstance(adamw, torch.optim.AdamW)
+    decay, no_decay = adamw.param_groups
+    assert decay["weight_decay"] == cfg.weight_decay and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() <= 1 for p in no_decay["params"])
+    n = sum(p.numel() for g in adamw.param_groups for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())
+
+
+def test_adamw_run_resumes_only_as_adamw(tmp_path):
+    cfg, tr, te = _tiny(epochs=1, optimizer="adamw", lr=1e-3)
+    run_dir = tmp_path / "r"
+    fit(Baseline(models.build("wrn_10_1")), cfg, tr, te, run_dir=run_dir, progress=False)
+    with pytest.raises(ValueError, match="optimizer"):
+        fit(
+            Baseline(models.build("wrn_10_1")),
+            cfg.replace(optimizer="sgd", epochs=2),
+            tr,
+            te,
+            run_dir=run_dir,
+            resume=True,
+            progress=False,
+        )

@@ -80,3 +80,19 @@ def test_initial_weights_follow_the_seed_whatever_ran_before(tmp_path, monkeypat
     b = zoo.teacher("wrn_10_1", cfg=cfg, progress=False, retrain=True)
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(x, y)
+
+
+def test_a_class_subset_is_its_own_checkpoint():
+    cfg = _cfg()
+    base = zoo.checkpoint_path("wrn_10_1", cfg)
+    half = zoo.checkpoint_path("wrn_10_1", cfg, classes=(0, 1, 2, 3, 4))
+    assert half != base and "-c0_1_2_3_4-" in half.name
+    assert zoo.checkpoint_path("wrn_10_1", cfg, classes=(5, 6, 7, 8, 9)) != half
+    # an AdamW recipe is another checkpoint; SGD spelled out is the same as the default
+    assert zoo.checkpoint_path("wrn_10_1", cfg.replace(optimizer="adamw")) != base
+    assert zoo.checkpoint_path("wrn_10_1", cfg.replace(optimizer="sgd")) == base
+    small = cfg.replace(batch_size=16)  # two classes of 128 images: about 26 images
+    t = zoo.teacher("wrn_10_1", cfg=small, classes=(3, 4), progress=False)
+    assert t.fc.out_features == 2 and t.zoo_info["classes"] == [3, 4]
+    again = zoo.teacher("wrn_10_1", cfg=small, classes=(3, 4), progress=False)
+    assert again.zoo_info["cached"] is True

@@ -127,6 +127,30 @@ class ImageDataset:
             masks=None if self.masks is None else self.masks[idx],
         )
 
+    def select_classes(self, classes: Sequence[int]) -> ImageDataset:
+        """The samples of some classes only, relabelled ``0 .. len(classes) - 1`` in that order.
+
+        For a task made of part of a data set (pre-training on some classes, transferring to
+        the others): ``classes=(5, 6)`` keeps classes 5 and 6 as labels 0 and 1, with their
+        names. Order within the set and the normalization statistics are kept.
+        """
+        wanted = [int(c) for c in classes]
+        if not wanted or len(set(wanted)) != len(wanted):
+            raise ValueError(f"classes must be distinct class indices, got {list(classes)}")
+        bad = [c for c in wanted if not 0 <= c < self.num_classes]
+        if bad:
+            raise ValueError(
+                f"class indices {bad} are out of range: {self.name} has {self.num_classes} "
+                f"classes (0..{self.num_classes - 1})"
+            )
+        relabel = torch.full((self.num_classes,), -1, dtype=torch.long)
+        relabel[torch.tensor(wanted)] = torch.arange(len(wanted))
+        keep = (relabel[self.labels] >= 0).nonzero().flatten()
+        subset = self.subset(keep)
+        return replace(
+            subset, labels=relabel[subset.labels], classes=[self.classes[c] for c in wanted]
+        )
+
     def __repr__(self) -> str:
         h, w = self.image_size
         return (

@@ -103,3 +103,10 @@ from .gradient import input_gradient as input_gradient  # noqa: E402
 # isort: split
 from .cam import binarize_cams as binarize_cams  # noqa: E402
 from .cam import class_activation_maps as class_activation_maps  # noqa: E402
+
+# isort: split
+from .vit_attention import AttentionCopy as AttentionCopy  # noqa: E402
+from .vit_attention import AttentionDistillation as AttentionDistillation  # noqa: E402
+from .vit_attention import FineTune as FineTune  # noqa: E402
+from .vit_attention import attention_distillation_loss as attention_distillation_loss  # noqa: E402
+from .vit_attention import attention_rollout as attention_rollout  # noqa: E402
