@@ -550,9 +550,11 @@ class CATKD(Distiller):
     thus asks for beta between about 0.025 and 1.2. At beta = 1 and 10 the cross-entropy
     stayed at or above ln 10 for four epochs (the CAT gradient drowned the labels' and the
     student did not learn); at beta = 0.1 (beta x CAT = 4.2) it learned faster than the
-    student alone (training accuracy after four epochs 33% against 20%): default 0.1.
-    With normalization (the binarized variant) the first-epoch term was 0.16 at beta = 10
-    (beta x CAT = 1.6), and the student learned (36% after four epochs): default 10.
+    student alone (training accuracy after four epochs 33% against 20%). After the full
+    12 epochs: beta = 0.1 reached 86.0% test accuracy, beta = 0.3 (beta x CAT = 12.3)
+    83.6%, the student alone 48.4%: default 0.1. With normalization (the binarized
+    variant) the first-epoch term was 0.16 at beta = 10 (beta x CAT = 1.6); that student
+    reached 83.4%: default 10. One seed each.
 
     Args:
         student, teacher: the networks, each ending in global average pooling and a linear
