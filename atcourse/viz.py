@@ -24,6 +24,7 @@ METHOD_COLORS = {
     # ViT attention transfer (notebook 06)
     "scratch": "#8da0cb", "fine-tune": "#b15928", "finetune": "#b15928",
     "attn_copy": "#1f78b4", "attn_distill": "#33a02c",
+    "cat_kd_bin": "#a6761d",
 }  # fmt: skip
 
 

@@ -110,3 +110,14 @@ from .vit_attention import AttentionDistillation as AttentionDistillation  # noq
 from .vit_attention import FineTune as FineTune  # noqa: E402
 from .vit_attention import attention_distillation_loss as attention_distillation_loss  # noqa: E402
 from .vit_attention import attention_rollout as attention_rollout  # noqa: E402
+
+# isort: split
+from .cam import CAT_KD_PAIRS as CAT_KD_PAIRS  # noqa: E402
+from .cam import CATKD as CATKD  # noqa: E402
+from .cam import CAMHead as CAMHead  # noqa: E402
+from .cam import cam_alignment as cam_alignment  # noqa: E402
+from .cam import cat_loss as cat_loss  # noqa: E402
+from .cam import check_cam_identity as check_cam_identity  # noqa: E402
+from .cam import forward_cams as forward_cams  # noqa: E402
+from .cam import select_classes as select_classes  # noqa: E402
+from .cam import with_cam_head as with_cam_head  # noqa: E402
