@@ -174,9 +174,9 @@ PARAMS: dict[str, Param] = {
     ),
     "aft_align": Param(
         str,
-        "AFD: teacher/student widths: block pooling, or a learned 1x1 conv",
-        choices=("pool", "conv"),
-        default="pool",
+        "AFD: teacher/student widths: a learned 1x1 conv, or block pooling",
+        choices=("conv", "pool"),
+        default="conv",
     ),
     "aft_source": Param(
         str,

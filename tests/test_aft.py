@@ -44,13 +44,17 @@ def test_binary_mask_thresholds_by_hand():
         binary_mask(cams, gradient="sigmoid")
 
 
-def test_binary_mask_gradient_none_and_straight_through():
-    cams = torch.tensor([[[[3.0, -6.0], [0.0, 10.0]]]], requires_grad=True)
+def test_binary_mask_gradient_none_and_clipped_straight_through():
+    cams = torch.tensor([[[[5.0, -6.0], [4.0, 6.0]]]], requires_grad=True)  # mean |.| 5.25
     assert not binary_mask(cams, gradient="none").requires_grad
     ste = binary_mask(cams, gradient="ste")
     assert ste.tolist() == [[[[0.0, 0.0], [0.0, 1.0]]]]  # the same forward value
-    (ste * torch.arange(4.0).view(1, 1, 2, 2)).sum().backward()
-    assert cams.grad.tolist() == [[[[0.0, 1.0], [2.0, 3.0]]]]  # identity backward
+    (ste * torch.arange(1.0, 5.0).view(1, 1, 2, 2)).sum().backward()
+    # identity within one unit of the threshold (5.0 and 6.0), flat beyond (-6.0 and 4.0)
+    assert cams.grad.tolist() == [[[[1.0, 0.0], [0.0, 4.0]]]]
+    zero = torch.tensor([[[[0.5, -3.0], [2.0, -0.2]]]], requires_grad=True)
+    binary_mask(zero, "zero", "ste").sum().backward()
+    assert zero.grad.tolist() == [[[[1.0, 0.0], [0.0, 1.0]]]]
 
 
 def test_attentional_feature_block_by_hand():
@@ -80,7 +84,8 @@ def test_class_maps_picks_each_images_class():
 
 
 def test_gradient_reaches_preact_and_weights_only_as_the_options_say():
-    labels = torch.tensor([1])
+    # class 0's map [[0, 0], [1.5, -1]], threshold 0.625: three positions within one unit
+    labels = torch.tensor([0])
     for gradient in ("none", "ste"):
         pre = PREF.clone().requires_grad_(True)
         weight = W.clone().requires_grad_(True)
@@ -94,8 +99,10 @@ def test_gradient_reaches_preact_and_weights_only_as_the_options_say():
             # the mask's gradient passes straight through into the CAM, hence into the
             # negative positions of PreF and into the 1x1 convolution's weights
             assert torch.any(pre.grad[negative] != 0)
-            assert weight.grad is not None and torch.any(weight.grad[1] != 0)
-            assert torch.all(weight.grad[0] == 0)  # class 0's row is not the label's
+            assert weight.grad is not None and torch.any(weight.grad[0] != 0)
+            assert torch.all(weight.grad[1] == 0)  # class 1's row is not the label's
+            # position (1, 1), -1 against a threshold of 0.625, is outside the window
+            assert pre.grad[0, :, 1, 1].tolist() == [1.0, 0.0]
 
 
 def test_align_features_pool_and_conv():
@@ -206,10 +213,14 @@ def _nonzero(grad):
 @pytest.mark.parametrize(
     ("options", "fc", "extra"),
     [
-        ({}, False, None),  # the mask is a constant: the classifier gets nothing
-        ({"gradient": "ste"}, True, None),  # straight through the mask into the classifier
-        ({"gradient": "ste", "cam_source": "learned"}, False, "cam_conv.weight"),
-        ({"align": "conv"}, False, "projection.weight"),
+        ({"align": "pool"}, False, set()),  # the mask is a constant; no learned parts
+        ({}, False, {"projection.weight"}),  # the default: a learned 1x1 projection
+        ({"align": "pool", "gradient": "ste"}, True, set()),  # through the mask into fc
+        (
+            {"gradient": "ste", "cam_source": "learned"},
+            False,
+            {"projection.weight", "cam_conv.weight"},
+        ),
     ],
 )
 def test_gradient_paths_of_the_method(options, fc, extra):
@@ -220,13 +231,13 @@ def test_gradient_paths_of_the_method(options, fc, extra):
     assert _nonzero(grads["student.fc.weight"]) == fc
     assert _nonzero(grads["student.conv0.weight"])  # the features always train the student
     learned = {n for n in grads if not n.startswith(("student.", "teacher."))}
-    assert learned == ({extra} if extra else set())
-    if extra:
-        assert _nonzero(grads[extra])
-        assert any(
-            p is dict(method.named_parameters())[extra] for p in method.trainable_parameters()
-        )
-        assert extra in method.trainable_state()
+    assert learned == extra
+    trainable = {id(p) for p in method.trainable_parameters()}
+    params = dict(method.named_parameters())
+    for name in extra:
+        assert _nonzero(grads[name])
+        assert id(params[name]) in trainable  # the trainer's optimizer updates it
+        assert name in method.trainable_state()  # and checkpoints store it
 
 
 def test_method_logs_terms_and_weights():
@@ -257,7 +268,7 @@ def test_taps_and_channels_for_both_families(student, teacher, source):
 def test_bad_options_name_the_fix():
     with pytest.raises(ValueError, match="gradient='ste'"):
         AFTKD(*_pair(), cam_source="learned")
-    with pytest.raises(ValueError, match="'pool', 'conv'"):
+    with pytest.raises(ValueError, match="'conv', 'pool'"):
         AFTKD(*_pair(), align="interpolate")
     student, teacher = _pair()
     teacher_100 = models.build("wrn_10_2", num_classes=100)
