@@ -141,6 +141,41 @@ PARAMS: dict[str, Param] = {
         str, "AT: how channels are reduced", choices=("sum", "mean", "max"), default="mean"
     ),
     "sweep": Param(tuple, "values for the notebook's sweep (None: the profile decides)"),
+    # --- CAT-KD (atcourse.distill.cam); beta above is its CAT weight
+    "cat_pair": Param(
+        str,
+        "CAT-KD: a reference configuration 'teacher/student' whose beta, R and "
+        "normalization become the defaults",
+        choices=(
+            "resnet32x4/resnet8x4",
+            "resnet56/resnet20",
+            "resnet110/resnet32",
+            "wrn_40_2/wrn_16_2",
+            "wrn_40_2/wrn_40_1",
+            "vgg13/vgg8",
+            "resnet32x4/ShuffleV1",
+            "resnet32x4/ShuffleV2",
+            "wrn_40_2/ShuffleV1",
+            "ResNet50/MobileNetV2",
+            "vgg13/MobileNetV2",
+            "imagenet:ResNet34/ResNet18",
+            "imagenet:ResNet50/MobileNetV2",
+        ),
+    ),
+    "cam_resolution": Param(int, "CAT-KD: R, the size the CAMs are pooled to (None: 2)", min=1),
+    "cam_normalize": Param(
+        bool, "CAT-KD: L2-normalize each pooled class map (None: only when binarized)"
+    ),
+    "cam_binarize": Param(
+        bool, "CAT-KD: binarize the teacher's CAMs at their mean |CAM|", default=False
+    ),
+    "cam_classes": Param(int, "CAT-KD: transfer only this many classes per image", min=1),
+    "cam_selection": Param(
+        str,
+        "CAT-KD: with cam_classes, the teacher's top or bottom classes",
+        choices=("top", "bottom"),
+        default="top",
+    ),
     # --- AFD / AFT-KD (method "aft"; the defaults are justified in distill.aft.AFTKD)
     "aft_weighting": Param(
         str,

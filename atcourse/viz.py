@@ -20,6 +20,7 @@ __all__ = ["image_grid", "overlay", "plot_history", "bar_chart", "to_rgb"]
 METHOD_COLORS = {
     "teacher": "#4c4c4c", "baseline": "#8da0cb", "kd": "#fc8d62", "at": "#66c2a5",
     "at+kd": "#e78ac3", "gradient_at": "#a6d854", "cat_kd": "#ffd92f", "aft": "#e5c494",
+    "cat_kd_bin": "#a6761d",
 }  # fmt: skip
 
 

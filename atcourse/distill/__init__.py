@@ -109,6 +109,17 @@ from .cam import binarize_cams as binarize_cams  # noqa: E402
 from .cam import class_activation_maps as class_activation_maps  # noqa: E402
 
 # isort: split
+from .cam import CAT_KD_PAIRS as CAT_KD_PAIRS  # noqa: E402
+from .cam import CATKD as CATKD  # noqa: E402
+from .cam import CAMHead as CAMHead  # noqa: E402
+from .cam import cam_alignment as cam_alignment  # noqa: E402
+from .cam import cat_loss as cat_loss  # noqa: E402
+from .cam import check_cam_identity as check_cam_identity  # noqa: E402
+from .cam import forward_cams as forward_cams  # noqa: E402
+from .cam import select_classes as select_classes  # noqa: E402
+from .cam import with_cam_head as with_cam_head  # noqa: E402
+
+# isort: split
 from .aft import AFTKD as AFTKD  # noqa: E402
 from .aft import AdaptiveLossWeights as AdaptiveLossWeights  # noqa: E402
 from .aft import afb_loss as afb_loss  # noqa: E402
