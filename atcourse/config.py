@@ -203,6 +203,55 @@ PARAMS: dict[str, Param] = {
         choices=("top", "bottom"),
         default="top",
     ),
+    # --- AFD / AFT-KD (method "aft"; the defaults are justified in distill.aft.AFTKD)
+    "aft_weighting": Param(
+        str,
+        "AFD: loss weights from decay rates, or fixed",
+        choices=("adaptive", "fixed"),
+        default="adaptive",
+    ),
+    "aft_cam_source": Param(
+        str,
+        "AFD: the 1x1 conv of the CAM: the classifier's weights, or learned",
+        choices=("classifier", "learned"),
+        default="classifier",
+    ),
+    "aft_threshold": Param(
+        str,
+        "AFD: CAM binarization threshold per map",
+        choices=("mean_abs", "mean", "zero"),
+        default="mean_abs",
+    ),
+    "aft_gradient": Param(
+        str,
+        "AFD: gradient through the binarization: none, or straight-through",
+        choices=("none", "ste"),
+        default="none",
+    ),
+    "aft_merge": Param(
+        str,
+        "AFD: one-channel mask and C channels: add to each, or concat",
+        choices=("add", "concat"),
+        default="add",
+    ),
+    "aft_align": Param(
+        str,
+        "AFD: teacher/student widths: a learned 1x1 conv, or block pooling",
+        choices=("conv", "pool"),
+        default="conv",
+    ),
+    "aft_source": Param(
+        str,
+        "AFD: features before the final ReLU (preact) or after it (features)",
+        choices=("preact", "features"),
+        default="preact",
+    ),
+    "aft_cam_class": Param(
+        str,
+        "AFD: whose class map becomes the mask: the label's or the teacher's top-1",
+        choices=("label", "teacher"),
+        default="label",
+    ),
 }
 
 #: What each profile fills in. ``dataset`` None means shapes; full means CIFAR-10.

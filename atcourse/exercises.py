@@ -49,6 +49,8 @@ __all__ = [
     "check_attention_rollout",
     "check_class_activation_maps",
     "check_cat_loss",
+    "check_decay_weights",
+    "check_attentional_feature_block",
 ]
 
 
@@ -992,6 +994,126 @@ def check_cat_loss(fn: Callable[[Tensor, Tensor, int], Tensor]) -> None:
     )
 
 
+# --------------------------------------------------------------------------- AFD / AFT-KD
+
+
+def check_decay_weights(fn: Callable[[float, float, float, float], Any]) -> None:
+    """Check ``fn(loss_ce, loss_afd, initial_ce, initial_afd) -> (alpha, beta)``.
+
+    The reference is :func:`atcourse.distill.aft.loss_decay_weights` (AFT-KD's Eq. (4) in
+    notebook 05): Dr = L / L^0 per term, alpha = Dr_CE / mean(Dr), beta = Dr_AFD / mean(Dr).
+    """
+    from .distill.aft import loss_decay_weights
+
+    what = "decay weights"
+    cases = [(1.0, 0.8, 2.0, 1.0), (0.3, 0.9, 2.3, 1.2), (0.5, 0.25, 1.0, 0.5)]
+    for case in cases:
+        ce, afd, ce0, afd0 = case
+        got = _call(fn, *case)
+        try:
+            alpha, beta = (float(v) for v in got)
+        except (TypeError, ValueError):
+            raise ExerciseError(
+                f"{what}: return two numbers (alpha, beta), got {type(got).__name__} {got!r}"
+            ) from None
+        ref = loss_decay_weights({"ce": ce, "afd": afd}, {"ce": ce0, "afd": afd0})
+        expected = torch.tensor([ref["ce"], ref["afd"]])
+        rates = torch.tensor([ce / ce0, afd / afd0])
+        raw = torch.tensor([ce, afd])
+        _diagnose(
+            torch.tensor([alpha, beta]),
+            expected,
+            [
+                (
+                    rates,
+                    "you returned the decay rates themselves: divide each by their mean "
+                    "(Dr_CE + Dr_AFD) / 2, so that alpha + beta = 2",
+                ),
+                (
+                    rates / rates.sum(),
+                    "you divided by the sum of the rates; the formula divides by their mean, "
+                    "(Dr_CE + Dr_AFD) / 2, so alpha + beta = 2, not 1",
+                ),
+                (
+                    # with two terms, inverting the rates is the same as swapping the weights
+                    expected.flip(0),
+                    "alpha and beta are swapped, or the rates inverted: Dr = L / L^0 (the "
+                    "current loss over the first epoch's), alpha = Dr_CE / mean and beta = "
+                    "Dr_AFD / mean, so the loss that has fallen less weighs more",
+                ),
+                (
+                    raw / raw.mean(),
+                    "you used the raw losses; use the decay rates L / L^0, which do not "
+                    "depend on each loss's scale",
+                ),
+            ],
+            what + f" for L = ({ce}, {afd}), L^0 = ({ce0}, {afd0})",
+        )
+    _ok("decay weights: correct; alpha + beta = 2 and the slower-falling loss weighs more")
+
+
+def check_attentional_feature_block(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(preact [B, C, H, W], weight [K, C], labels [B]) -> AFB [B, C, H, W]``.
+
+    The reference is :func:`atcourse.distill.aft.attentional_feature_block` with its
+    defaults: the CAM of each image's label from the pre-activation features, binarized
+    above its mean absolute value, added to every channel of ReLU(PreF).
+    """
+    from .distill.aft import attentional_feature_block, binary_mask, class_maps
+    from .distill.cam import class_activation_maps
+
+    what = "attentional feature block"
+    B, C, K, H, W = 3, 4, 5, 4, 4
+    pre = _inputs(B, C, H, W, seed=11, scale=1.0)
+    weight = _inputs(K, C, seed=12, scale=1.0)
+    labels = torch.tensor([3, 0, 4])
+    got = _as_tensor(_call(fn, pre, weight, labels), what)
+    if got.shape == (B, C + 1, H, W):
+        raise ExerciseError(
+            f"{what}: shape {list(got.shape)}: you stacked the mask as an extra channel; "
+            "Eq. (2) adds it to every channel (broadcast [B, 1, H, W] over C)"
+        )
+    if got.shape != (B, C, H, W):
+        raise ExerciseError(
+            f"{what}: expected shape [B, C, H, W] = {[B, C, H, W]}, got {list(got.shape)}"
+        )
+    expected = attentional_feature_block(pre, weight, labels)
+    relu = F.relu(pre)
+
+    def block(features: Tensor, maps_from: Tensor, threshold: str = "mean_abs") -> Tensor:
+        cams = class_maps(class_activation_maps(maps_from, weight), labels)
+        return features + binary_mask(cams, threshold)
+
+    cams_label = class_maps(class_activation_maps(pre, weight), labels)
+    _diagnose(
+        got,
+        expected,
+        [
+            (block(pre, pre), "the feature part is ReLU(PreF): apply the ReLU before adding"),
+            (
+                block(relu, relu),
+                "compute the CAM from the pre-activation features PreF, not from ReLU(PreF): "
+                "the point of the method is what the ReLU throws away",
+            ),
+            (
+                block(relu, pre, "zero"),
+                "binarize above each map's mean absolute value, not above zero",
+            ),
+            (block(relu, pre, "mean"), "binarize above each map's mean |CAM|, not its mean"),
+            (
+                relu + cams_label,
+                "binarize the class map (1 above its mean |CAM|, else 0) before adding it",
+            ),
+            (
+                relu + binary_mask(class_activation_maps(pre, weight)[:, :1]),
+                "you used class 0's map for every image: take the map of each image's label",
+            ),
+        ],
+        what,
+    )
+    _ok(f"{what}: correct (CAM of the label from PreF, binarized, added to ReLU(PreF))")
+
+
 # --------------------------------------------------------------------------- explain why
 
 #: Multiple-choice questions: id -> prompt, choices, the correct letter, and feedback for
@@ -1276,6 +1398,71 @@ QUESTIONS: dict[str, dict[str, Any]] = {
             "c": "A bias shifts a logit; CAMs are negative wherever the weighted features "
             "are, bias or not.",
             "d": "nn.Conv2d has a bias by default; CAT-KD switches it off on purpose.",
+        },
+    },
+    # --- AFD / AFT-KD (notebook 05)
+    "aft_mask_gradient": {
+        "prompt": "With gradient='none', the student's binary mask is a constant. What does "
+        "the mask part of the AFB loss still do to the student?",
+        "choices": {
+            "a": "Nothing: a constant contributes no gradient.",
+            "b": "It trains the student's classifier to produce the teacher's mask.",
+            "c": "It shifts the target of the student's features: where the teacher's mask "
+            "is on and the student's is off, ReLU(PreF) is pushed up (and down in the "
+            "opposite case).",
+            "d": "It makes the loss non-differentiable, so training stops.",
+        },
+        "correct": "c",
+        "explanation": "With AFB = mask + ReLU(PreF), the squared error is "
+        "((m_S - m_T) + (r_S - r_T))^2: the mask difference acts as an offset on the "
+        "features' target, so the teacher's mask still steers where the student activates.",
+        "feedback": {
+            "a": "The constant is inside the square, next to the features that do get a "
+            "gradient: it changes their target.",
+            "b": "No gradient passes the hard step, so the classifier gets none from the mask "
+            "(that is what gradient='ste' changes).",
+            "d": "The mask is simply a constant; the feature part keeps its gradient.",
+        },
+    },
+    "aft_weights": {
+        "prompt": "After some epochs the cross-entropy is at 40% of its first-epoch value and "
+        "the AFB loss at 80% of its own. Which term gets the larger weight next epoch?",
+        "choices": {
+            "a": "The cross-entropy: it is learning faster, so it deserves more weight.",
+            "b": "The AFB loss: its decay rate is larger (0.8 vs 0.4), so beta = 0.8 / 0.6.",
+            "c": "Both get 1: the weights always sum to 2.",
+            "d": "It depends on which loss is numerically larger.",
+        },
+        "correct": "b",
+        "explanation": "beta = 0.8 / ((0.4 + 0.8) / 2) = 1.33 and alpha = 0.67: the weights "
+        "move towards the term that has fallen least, as in Dynamic Weight Average.",
+        "feedback": {
+            "a": "The opposite: a term that falls fast has a small rate L / L^0, hence a small "
+            "weight.",
+            "c": "They sum to 2, but are equal only when both terms have fallen by the same "
+            "factor.",
+            "d": "The rates are ratios to each term's own first value, so the raw sizes cancel "
+            "(which also means the weights cannot fix a mismatch of scales).",
+        },
+    },
+    "aft_scale": {
+        "prompt": "The AFB loss starts 100 times larger than the cross-entropy. What do the "
+        "adaptive weights do about it?",
+        "choices": {
+            "a": "They rescale it to the cross-entropy's size.",
+            "b": "Nothing: they depend only on L / L^0, so a constant factor on a loss leaves "
+            "them unchanged; the AFB term keeps dominating the gradient.",
+            "c": "They set beta to 1/100.",
+            "d": "They stop the AFB term until the cross-entropy catches up.",
+        },
+        "correct": "b",
+        "explanation": "Multiplying a loss by c multiplies L and L^0 alike: the rate, and so "
+        "the weight, is unchanged. The weights balance speeds, not sizes; the size of each "
+        "term is still set by how it is defined (or by a fixed factor).",
+        "feedback": {
+            "a": "alpha and beta average to 1 whatever the losses' sizes are.",
+            "c": "beta comes from the rate L / L^0, which a constant factor does not change.",
+            "d": "Both weights stay positive; there is no such switch.",
         },
     },
 }

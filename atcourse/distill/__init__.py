@@ -63,19 +63,23 @@ _CONFIG_ALIASES = {"mode": "at_mode"}
 def hparams_from_config(name: str, cfg: Any) -> dict[str, Any]:
     """The keyword arguments of method ``name`` that ``cfg`` sets (None values skipped).
 
-    Maps constructor arguments to configuration names (``mode`` <- ``at_mode``), so a
-    notebook or the command line can build any method from one validated config.
+    Maps constructor arguments to configuration names (``mode`` <- ``at_mode``, and a
+    method's own ``config_names``), so a notebook or the command line can build any
+    method from one validated config.
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: choose one of {', '.join(sorted(METHODS))}")
     import inspect
 
-    params = inspect.signature(METHODS[name].cls).parameters
+    cls = METHODS[name].cls
+    params = inspect.signature(cls).parameters
+    # a method may name its own configuration keys (``config_names``: argument -> key)
+    aliases = {**_CONFIG_ALIASES, **getattr(cls, "config_names", {})}
     kwargs = {}
     for arg, param in params.items():
         if param.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
-        key = _CONFIG_ALIASES.get(arg, arg)
+        key = aliases.get(arg, arg)
         if key in cfg and cfg[key] is not None:
             kwargs[arg] = cfg[key]
     return kwargs
@@ -121,3 +125,12 @@ from .cam import check_cam_identity as check_cam_identity  # noqa: E402
 from .cam import forward_cams as forward_cams  # noqa: E402
 from .cam import select_classes as select_classes  # noqa: E402
 from .cam import with_cam_head as with_cam_head  # noqa: E402
+
+# isort: split
+from .aft import AFTKD as AFTKD  # noqa: E402
+from .aft import AdaptiveLossWeights as AdaptiveLossWeights  # noqa: E402
+from .aft import afb_loss as afb_loss  # noqa: E402
+from .aft import align_features as align_features  # noqa: E402
+from .aft import attentional_feature_block as attentional_feature_block  # noqa: E402
+from .aft import binary_mask as binary_mask  # noqa: E402
+from .aft import loss_decay_weights as loss_decay_weights  # noqa: E402
