@@ -42,8 +42,8 @@ import torch
 from . import paths
 
 __all__ = [
-    "run_dir", "run_meta", "write_record", "final_metrics", "load_records", "record_metrics",
-    "code_version", "machine_info",
+    "run_dir", "run_meta", "task", "write_record", "final_metrics", "load_records",
+    "record_metrics", "code_version", "machine_info",
     "Entry", "ENTRIES", "run_name", "run_label", "available_entries", "EntryRun",
     "train_entry", "measure_alignment",
     "leaderboard", "to_markdown", "to_csv",
@@ -112,8 +112,20 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run_meta(name: str, method: Any, cfg: Any, *, device: torch.device, precision: str) -> dict:
-    """The parts of a record that do not change during a run."""
+def run_meta(
+    name: str,
+    method: Any,
+    cfg: Any,
+    *,
+    device: torch.device,
+    precision: str,
+    data: str | None = None,
+) -> dict:
+    """The parts of a record that do not change during a run.
+
+    ``data`` is the training set's name (``ImageDataset.name``): the configured data set, or
+    a part of it such as ``"shapes[5,6,7,8,9]"`` (:func:`task`).
+    """
     student = getattr(method, "student", None)
     teacher = getattr(method, "teacher", None)
     n_params = sum(p.numel() for p in student.parameters()) if student is not None else None
@@ -126,6 +138,7 @@ def run_meta(name: str, method: Any, cfg: Any, *, device: torch.device, precisio
         else None,
         "student_params": n_params,
         "params": cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
+        "data": data,
         "hparams": method.hparams() if hasattr(method, "hparams") else {},
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -298,6 +311,9 @@ ENTRIES: list[Entry] = [
     Entry("gradient_at", "gradient_at", {"beta": None, "mode": "teacher"}, notebook="03"),
     Entry("gradient_at_flip", "gradient_at", {"beta": None, "mode": "flip"}, teacher=None,
           notebook="03"),
+    Entry("cat_kd", "cat_kd", notebook="04"),
+    Entry("cat_kd_bin", "cat_kd_bin", notebook="04"),
+    Entry("aft", "aft", notebook="05"),
 ]  # fmt: skip
 
 
@@ -320,19 +336,30 @@ def available_entries(
     return kept
 
 
+def task(record: Mapping[str, Any]) -> str:
+    """What a run was trained on: its data set, with the class subset where it used one.
+
+    ``"shapes"``, or ``"shapes[5,6,7,8,9]"`` for a run on five of its classes (notebook 06's
+    transfer task): runs on different tasks are never compared in one leaderboard row.
+    """
+    dataset = str((record.get("params") or {}).get("dataset"))
+    data = record.get("data") or ""
+    return dataset + data[data.index("[") :] if "[" in data else dataset
+
+
 def run_label(record: Mapping[str, Any]) -> str:
     """The label of a record's run: its name without the setting and seed suffix.
 
+    Run names start with the label and the student's architecture:
     ``kd-wrn_16_1-shapes-lab-s0`` -> ``kd``; the zoo's
-    ``teacher-wrn_16_2-shapes-lab-s0-<hash>`` -> ``teacher``. A name that follows no rule
-    loses only a trailing ``-s<seed>`` (and what follows it).
+    ``teacher-wrn_16_2-shapes-lab-s0-<hash>`` -> ``teacher``; notebook 06's
+    ``attn_copy-vitc_micro-shapes_c56789-lab-s0`` -> ``attn_copy``. A name that follows no
+    rule loses only a trailing ``-s<seed>`` (and what follows it).
     """
     name = str(record.get("name") or Path(str(record.get("path", "x/x"))).parent.name)
-    params = record.get("params") or {}
-    if record.get("student") and params.get("dataset") and params.get("profile"):
-        suffix = run_name("", record["student"], params["dataset"], params["profile"],
-                          params.get("seed", 0))  # fmt: skip
-        at = name.find(suffix)
+    student = record.get("student")
+    if student:  # run names start with "<label>-<student arch>-" (the zoo's too)
+        at = name.find(f"-{student}-")
         if at > 0:
             return name[:at]
     match = re.match(r"(.+?)-s\d+(-.*)?$", name)
@@ -564,7 +591,7 @@ def _variant(rec: Mapping[str, Any]) -> tuple:
     params = rec.get("params") or {}
     recipe = {k: params.get(k) for k in RECIPE_KEYS}
     return (
-        run_label(rec), rec.get("method"), params.get("dataset"), rec.get("teacher"),
+        run_label(rec), rec.get("method"), task(rec), rec.get("teacher"),
         rec.get("student"), params.get("profile"), _canon(rec.get("hparams") or {}),
         _canon(recipe),
     )  # fmt: skip

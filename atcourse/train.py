@@ -372,7 +372,9 @@ def _fit(
     elif record:
         run_dir.mkdir(parents=True, exist_ok=True)
 
-    meta = results.run_meta(name, method, cfg, device=device, precision=precision.name)
+    meta = results.run_meta(
+        name, method, cfg, device=device, precision=precision.name, data=train_set.name
+    )
     epochs = cfg["epochs"]
     check_every = 1 if device.type == "cpu" else 50
     bar = tqdm(

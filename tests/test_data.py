@@ -305,6 +305,7 @@ def test_select_classes_keeps_and_relabels() -> None:
     assert torch.equal(sub.masks, ds.masks[keep])
     assert torch.equal(sub.labels, (ds.labels[keep] == 2).long())  # 7 -> 0, 2 -> 1
     assert sub.mean == ds.mean and sub.num_classes == 2
+    assert sub.name == "shapes[7,2]"  # run records keep it as the task trained on
     with pytest.raises(ValueError, match="out of range"):
         ds.select_classes([3, 10])
     with pytest.raises(ValueError, match="distinct"):

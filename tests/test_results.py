@@ -172,6 +172,25 @@ def test_run_name_and_label_round_trip():
            "params": {"dataset": "shapes", "profile": "lab", "seed": 0}}  # fmt: skip
     assert results.run_label(zoo) == "teacher"
     assert results.run_label({"name": "my-run-s3"}) == "my-run"
+    vit = {"name": "attn_copy-vitc_micro-shapes_c56789-lab-s0", "student": "vitc_micro",
+           "params": {"dataset": "shapes", "profile": "lab", "seed": 0}}  # fmt: skip
+    assert results.run_label(vit) == "attn_copy"
+
+
+def test_runs_on_a_class_subset_are_another_task_and_another_row():
+    def rec(data, acc):
+        return {"name": "baseline-wrn_16_1-shapes-lab-s0", "method": "baseline",
+                "student": "wrn_16_1", "data": data, "final": {"test_acc": acc},
+                "params": {"dataset": "shapes", "profile": "lab", "seed": 0}}  # fmt: skip
+
+    full, part = rec("shapes", 0.5), rec("shapes[5,6,7,8,9]", 0.8)
+    assert results.task(full) == "shapes" and results.task(part) == "shapes[5,6,7,8,9]"
+    assert results.task({"params": {"dataset": "cifar10"}}) == "cifar10"  # older records
+    rows = results.leaderboard([full, part])
+    assert sorted((r["dataset"], r["mean"]) for r in rows) == [
+        ("shapes", 0.5),
+        ("shapes[5,6,7,8,9]", 0.8),
+    ]
 
 
 def test_entries_have_unique_labels_and_registered_methods_build():

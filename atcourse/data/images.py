@@ -132,7 +132,8 @@ class ImageDataset:
 
         For a task made of part of a data set (pre-training on some classes, transferring to
         the others): ``classes=(5, 6)`` keeps classes 5 and 6 as labels 0 and 1, with their
-        names. Order within the set and the normalization statistics are kept.
+        names. Order within the set and the normalization statistics are kept; the name
+        becomes ``"<name>[5,6]"``, which run records keep as the task trained on.
         """
         wanted = [int(c) for c in classes]
         if not wanted or len(set(wanted)) != len(wanted):
@@ -148,7 +149,10 @@ class ImageDataset:
         keep = (relabel[self.labels] >= 0).nonzero().flatten()
         subset = self.subset(keep)
         return replace(
-            subset, labels=relabel[subset.labels], classes=[self.classes[c] for c in wanted]
+            subset,
+            name=f"{self.name}[{','.join(map(str, wanted))}]",  # another task: say which
+            labels=relabel[subset.labels],
+            classes=[self.classes[c] for c in wanted],
         )
 
     def __repr__(self) -> str:
