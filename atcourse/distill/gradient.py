@@ -24,9 +24,10 @@ pushes the model towards horizontal-flip invariance.
 
 No official code was released for this part of the paper; the details below (per-sample
 gradients, the norm averaged over the batch, fp32 for the double backward) are this
-package's choices, and each is stated where it is made. A training step costs about two to
-three times a plain one (a forward and two backward passes, the second through a graph twice
-the usual size), and ``torch.compile`` does not support double backward.
+package's choices, and each is stated where it is made. A training step costs about three
+times a KD or AT step, seven times a plain one, on a 2-core CPU (a forward and two backward
+passes, the second through a graph twice the usual size, in fp32; docs/performance.md), and
+``torch.compile`` does not support double backward.
 """
 
 from __future__ import annotations
