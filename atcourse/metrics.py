@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import DeviceLoader
-from .runtime import precision_for
+from .runtime import eval_mode, precision_for
 
 __all__ = ["predict_all", "accuracy", "agreement", "mask_alignment", "uniform_alignment"]
 
@@ -25,17 +25,13 @@ Predict = Callable[[Tensor], Tensor] | nn.Module
 def predict_all(predict: Predict, loader: DeviceLoader) -> tuple[Tensor, Tensor]:
     """Logits [N, K] (float32) and labels [N] of ``predict`` over a loader, in eval mode."""
     module = predict if isinstance(predict, nn.Module) else getattr(predict, "__self__", None)
-    was_training = isinstance(module, nn.Module) and module.training
-    if isinstance(module, nn.Module):
-        module.eval()
     precision = precision_for(loader.device)
     logits, labels = [], []
-    for batch in loader:
-        with precision.autocast():
-            logits.append(predict(batch[0]).float())
-        labels.append(batch[1])
-    if was_training:
-        module.train()
+    with eval_mode(module):
+        for batch in loader:
+            with precision.autocast():
+                logits.append(predict(batch[0]).float())
+            labels.append(batch[1])
     return torch.cat(logits), torch.cat(labels)
 
 

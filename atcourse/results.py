@@ -540,6 +540,7 @@ def measure_alignment(
     from .distill.attention import attention_alignment
     from .metrics import mask_alignment
     from .models import forward_with_taps
+    from .runtime import eval_mode
 
     if getattr(dataset, "masks", None) is None:
         return None
@@ -551,24 +552,22 @@ def measure_alignment(
     else:
         return None
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for images, _, masks in DeviceLoader(
-        dataset, batch_size, train=False, with_masks=True, device=device
-    ):
-        if "attention_probs" in points:
-            _, taps = forward_with_taps(model, images, [layer])
-            probs = taps[layer].float()  # [B, heads, N, N], token 0 is CLS
-            cls_to_patches = probs[:, :, 0, 1:].mean(1)  # [B, N-1]
-            grid = math.isqrt(cls_to_patches.shape[1])
-            maps = cls_to_patches.reshape(-1, grid, grid)
-            scores = mask_alignment(maps, masks)
-        else:
-            scores = attention_alignment(model, images, masks, [layer])[layer]
-        total += scores.sum().item()
-        count += scores.numel()
-    model.train(was_training)
+    with eval_mode(model):
+        for images, _, masks in DeviceLoader(
+            dataset, batch_size, train=False, with_masks=True, device=device
+        ):
+            if "attention_probs" in points:
+                _, taps = forward_with_taps(model, images, [layer])
+                probs = taps[layer].float()  # [B, heads, N, N], token 0 is CLS
+                cls_to_patches = probs[:, :, 0, 1:].mean(1)  # [B, N-1]
+                grid = math.isqrt(cls_to_patches.shape[1])
+                maps = cls_to_patches.reshape(-1, grid, grid)
+                scores = mask_alignment(maps, masks)
+            else:
+                scores = attention_alignment(model, images, masks, [layer])[layer]
+            total += scores.sum().item()
+            count += scores.numel()
     return total / max(count, 1), layer
 
 

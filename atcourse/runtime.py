@@ -27,6 +27,7 @@ __all__ = [
     "resolve_device",
     "seed_everything",
     "deterministic",
+    "eval_mode",
     "Precision",
     "precision_for",
     "env_report",
@@ -95,6 +96,24 @@ def seed_everything(seed: int) -> torch.Generator:
         pass
     torch.manual_seed(seed)  # seeds CUDA and MPS too
     return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def eval_mode(module: object):
+    """Put ``module`` in eval mode inside the block and restore its mode after, errors too.
+
+    ``module`` may be anything: only an ``nn.Module`` is switched (a bound method such as
+    ``method.predict`` is not a module; pass its ``__self__`` for that).
+    """
+    if not isinstance(module, torch.nn.Module):
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 @contextlib.contextmanager

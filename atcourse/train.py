@@ -35,7 +35,7 @@ from . import paths, results
 from .config import Config
 from .data import DeviceLoader, ImageDataset
 from .distill.base import Distiller, DistillOutput
-from .runtime import Precision, precision_for, seed_everything, synchronize
+from .runtime import Precision, eval_mode, precision_for, seed_everything, synchronize
 
 __all__ = [
     "fit",
@@ -158,23 +158,19 @@ def evaluate(
     Returns ``{"acc": fraction in [0, 1], "loss": mean CE, "n": images}``.
     """
     module = predict if isinstance(predict, nn.Module) else getattr(predict, "__self__", None)
-    was_training = module.training if isinstance(module, nn.Module) else None
-    if isinstance(module, nn.Module):
-        module.eval()
     precision = precision or precision_for(loader.device)
     correct = torch.zeros((), device=loader.device)
     loss_sum = torch.zeros((), device=loader.device)
     count = 0
-    for batch in loader:
-        images, labels = batch[0], batch[1]
-        with precision.autocast():
-            logits = predict(images)
-        logits = logits.float()
-        correct += (logits.argmax(1) == labels).sum()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        count += labels.numel()
-    if isinstance(module, nn.Module) and was_training:
-        module.train()
+    with eval_mode(module):
+        for batch in loader:
+            images, labels = batch[0], batch[1]
+            with precision.autocast():
+                logits = predict(images)
+            logits = logits.float()
+            correct += (logits.argmax(1) == labels).sum()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+            count += labels.numel()
     return {
         "acc": correct.item() / max(count, 1),
         "loss": loss_sum.item() / max(count, 1),

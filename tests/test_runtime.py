@@ -55,3 +55,17 @@ def test_env_report_has_versions_and_device(capsys):
     report = runtime.env_report("cpu")
     assert report["torch"] == torch.__version__ and report["device"] == "cpu"
     assert "data_root" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("start_training", [True, False])
+def test_eval_mode_switches_and_restores_even_on_error(start_training):
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(3))
+    model.train(start_training)
+    with runtime.eval_mode(model):
+        assert not model.training and not model[0].training
+    assert model.training is start_training
+    with pytest.raises(RuntimeError), runtime.eval_mode(model):
+        raise RuntimeError("boom")
+    assert model.training is start_training and model[0].training is start_training
+    with runtime.eval_mode(model.forward):  # not a module: left alone
+        assert model.training is start_training

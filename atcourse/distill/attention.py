@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..metrics import mask_alignment
 from ..models import Taps, tap_points
+from ..runtime import eval_mode
 from . import register
 from .base import Distiller, DistillOutput
 from .kd import kd_loss
@@ -366,13 +367,8 @@ def _tapped_features(
 ) -> dict[str, Tensor]:
     """One eval-mode forward of ``model``; the features of ``layers`` by name."""
     names = tap_points(model, "groups") if layers is None else _layer_list(layers)
-    was_training = model.training
-    model.eval()
-    try:
-        with Taps(model, names, detach=True) as taps:
-            model(images)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), Taps(model, names, detach=True) as taps:
+        model(images)
     return {name: taps[name] for name in names}
 
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..metrics import mask_alignment
 from ..models import Taps, tap_points
+from ..runtime import eval_mode
 from . import METHODS, register
 from .base import Distiller, DistillOutput
 
@@ -307,12 +308,8 @@ def check_cam_identity(
             the pooling (a normalization or activation comes after it, or the pooling is
             not a global average), and the CAMs would not explain the logits.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         logits, cams = forward_cams(model, images, features=features, classifier=classifier)
-    finally:
-        model.train(was_training)
     head = model.get_submodule(_classifier_name(model, classifier))
     bias = head.bias if isinstance(head, nn.Linear) and head.bias is not None else None
     pooled = cams.float().mean(dim=(2, 3))  # [B, K]
@@ -441,12 +438,8 @@ def cam_alignment(
         model: a network (plain or converted); images [B, 3, H, W]; masks [B, H, W] bool;
             labels [B] class indices.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         _, cams = forward_cams(model, images, features=features, classifier=classifier)
-    finally:
-        model.train(was_training)
     index = labels.to(cams.device).long()
     maps = cams[torch.arange(cams.shape[0], device=cams.device), index]  # [B, H, W]
     return mask_alignment(F.relu(maps.float()), masks.to(maps.device))

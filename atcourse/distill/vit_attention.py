@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from ..models import Taps
 from ..models.vit import Attention
+from ..runtime import eval_mode
 from . import register
 from .base import Baseline, Distiller, DistillOutput
 
@@ -464,13 +465,8 @@ def attention_probs(
     depth = len(attention_layers(model))
     indices = resolve_layers(layers, depth, list(range(depth)))
     names = _tap_names(indices, "probs")
-    was_training = model.training
-    model.eval()
-    try:
-        with Taps(model, names, detach=True) as taps:
-            (predict or model)(images)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), Taps(model, names, detach=True) as taps:
+        (predict or model)(images)
     return {i: taps[n].float() for i, n in zip(indices, names, strict=True)}
 
 
