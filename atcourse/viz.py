@@ -20,7 +20,7 @@ __all__ = ["image_grid", "overlay", "plot_history", "bar_chart", "to_rgb"]
 METHOD_COLORS = {
     "teacher": "#4c4c4c", "baseline": "#8da0cb", "kd": "#fc8d62", "at": "#66c2a5",
     "at+kd": "#e78ac3", "gradient_at": "#a6d854", "cat_kd": "#ffd92f", "aft": "#e5c494",
-    "gradient_at_flip": "#4d9221",
+    "gradient_at_flip": "#4d9221", "flip": "#4d9221",
     # ViT attention transfer (notebook 06)
     "scratch": "#8da0cb", "fine-tune": "#b15928", "finetune": "#b15928",
     "attn_copy": "#1f78b4", "attn_distill": "#33a02c",
