@@ -135,9 +135,10 @@ def bar_chart(
     yerr = [errors.get(n, 0.0) for n in names] if errors else None
     bars = ax.bar(names, [values[n] for n in names], color=colors, yerr=yerr, capsize=3)
     for bar, name in zip(bars, names):
+        top = bar.get_height() + (errors.get(name, 0.0) if errors else 0.0)  # above the cap
         ax.annotate(
             fmt.format(values[name]),
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            (bar.get_x() + bar.get_width() / 2, top),
             ha="center",
             va="bottom",
             fontsize=8,
