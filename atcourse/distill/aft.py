@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from ..models import Taps, tap_points
 from . import register
 from .base import Distiller, DistillOutput
+from .cam import _classifier_name as _cam_classifier_name
 from .cam import binarize_cams, class_activation_maps
 
 __all__ = [
@@ -352,7 +353,7 @@ class AdaptiveLossWeights:
 
 def _classifier_name(model: nn.Module) -> str:
     """The model's ``"classifier"`` tap point, checked to hold a [K, C] weight."""
-    name = tap_points(model, "classifier")[-1]
+    name = _cam_classifier_name(model, None)
     weight = getattr(model.get_submodule(name), "weight", None)
     if not isinstance(weight, Tensor) or weight.dim() not in (2, 4):
         raise ValueError(f"{type(model).__name__}.{name} has no [K, C] weight to build CAMs from")
