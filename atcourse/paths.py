@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["repo_root", "data_root", "runs_root", "checkpoint_root", "cache_root", "file_lock"]
+__all__ = [
+    "repo_root", "data_root", "runs_root", "checkpoint_root", "cache_root", "file_lock",
+    "atomic_write",
+]  # fmt: skip
 
 
 def repo_root() -> Path | None:
@@ -81,3 +86,32 @@ def file_lock(path: str | Path, *, waiting: str | None = None) -> Iterator[None]
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def atomic_write(path: str | Path, content: bytes | str | Callable[[BinaryIO], None]) -> Path:
+    """Write a file so that no reader ever sees it half-written: the one atomic writer.
+
+    ``content`` (bytes, text as UTF-8, or a function that writes into a binary file, such
+    as ``lambda fh: torch.save(obj, fh)``) goes into a unique temporary file in the same
+    folder, is flushed to disk, and the temporary file is renamed over ``path``. A crash
+    mid-write leaves the previous file intact and no temporary file behind; two writers
+    never share a temporary file. The file is readable by everyone (mode 0644), as records
+    and caches are meant to be.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if callable(content):
+                content(fh)
+            else:
+                fh.write(content.encode() if isinstance(content, str) else content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -304,14 +304,7 @@ def test_extra_state_survives_a_checkpoint():
     assert fresh.alpha == pytest.approx(EXPECTED[3][0])  # continues from L^0, not afresh
 
 
-@pytest.fixture
-def _tmp_roots(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATCOURSE_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("ATCOURSE_RUNS", str(tmp_path / "runs"))
-    monkeypatch.delenv("ATCOURSE_PROFILE", raising=False)
-
-
-def test_fit_records_alpha_beta_and_resume_continues_them(tmp_path, _tmp_roots):
+def test_fit_records_alpha_beta_and_resume_continues_them(tmp_path):
     cfg = config.configure("smoke", verbose=False, device="cpu", train_size=128, test_size=64,
                            batch_size=64, epochs=4)  # fmt: skip
     train_set = load_dataset("shapes", "train", size=128)

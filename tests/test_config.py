@@ -5,12 +5,6 @@ import pytest
 from atcourse.config import PARAMS, PROFILES, ConfigError, configure
 
 
-@pytest.fixture(autouse=True)
-def _no_env(monkeypatch):
-    monkeypatch.delenv("ATCOURSE_PROFILE", raising=False)
-    monkeypatch.delenv("ATCOURSE_DEVICE", raising=False)
-
-
 def test_profile_defaults_fill_unset_values():
     cfg = configure("lab", verbose=False, epochs=None, lr=0.2)
     assert cfg.epochs == PROFILES["lab"]["epochs"]

@@ -231,11 +231,8 @@ def test_unregistered_entries_are_skipped_with_a_note(capsys):
 
 
 @pytest.fixture
-def tiny_roots(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATCOURSE_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("ATCOURSE_RUNS", str(tmp_path / "runs"))
-    monkeypatch.delenv("ATCOURSE_PROFILE", raising=False)
-    return tmp_path
+def tiny_roots(isolated_roots):
+    return isolated_roots
 
 
 def test_train_entry_trains_once_then_reuses(tiny_roots, capsys):

@@ -12,13 +12,6 @@ from atcourse.distill import Baseline, Distiller, DistillOutput
 from atcourse.train import NonFiniteLossError, atomic_save, fit, lr_at
 
 
-@pytest.fixture(autouse=True)
-def _tmp_roots(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATCOURSE_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("ATCOURSE_RUNS", str(tmp_path / "runs"))
-    monkeypatch.delenv("ATCOURSE_PROFILE", raising=False)
-
-
 def _tiny(n_train=256, n_test=128, **over):
     cfg = config.configure(
         "smoke",

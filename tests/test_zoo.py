@@ -2,17 +2,9 @@
 
 import multiprocessing as mp
 
-import pytest
 import torch
 
 from atcourse import config, zoo
-
-
-@pytest.fixture(autouse=True)
-def _tmp_roots(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATCOURSE_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("ATCOURSE_RUNS", str(tmp_path / "runs"))
-    monkeypatch.delenv("ATCOURSE_PROFILE", raising=False)
 
 
 def _cfg(**over):
