@@ -7,478 +7,47 @@
     atcourse bench --models wrn_16_1     # images/s and method overheads
     atcourse doctor
 
-``atcourse run`` executes notebooks with papermill. Before launching anything it expands
-the sweep (notebooks x grid points x seeds) and checks every ``-p`` name against each
-notebook's ``parameters`` cell and every value against :data:`atcourse.config.PARAMS`, so
-a typo fails in a second rather than after a run.
-
-Sweeps. ``--seeds 0,1,2`` runs each notebook once per seed. ``-p key=v1,v2`` is a grid,
-one job per value, for a parameter that takes a single value; for a parameter that takes
-a tuple (declared as such in ``PARAMS``, e.g. ``milestones`` and ``sweep``, or whose
-default in the notebook is a list) the whole text is one value: ``-p sweep=1,2,4`` is the
-tuple (1, 2, 4). Several grids multiply.
-
-Jobs. Each job gets its own folder, ``runs/notebooks/<profile>/<job>/``, with the executed
-notebook, ``job.json`` (status, error, parameters, time) and, under ``--jobs``, the log of
-its papermill process (``papermill.log``). Jobs that set a training parameter with ``-p``
-(a method knob or the recipe: ``beta``, ``T``, ``epochs``, ``teacher_arch``...) train into
-their own runs folder, ``runs/variants/<key=value...>/``, so a run under a non-default
-setting never replaces the default run of the same name (the leaderboard reads both, as
-separate rows). ``--jobs N`` runs N notebooks at once, each with cores / N CPU threads; a
-teacher they share is trained once (the zoo's file lock) and a run they share is trained
-by one and reused or waited for by the other (``train.fit`` locks its run folder).
-``--resume`` skips the jobs whose ``job.json`` says they finished with the same parameters
-and the same notebook code.
+``atcourse run`` executes notebooks with papermill (:mod:`atcourse.sweep` says how sweeps,
+jobs and ``--resume`` work); ``atcourse train`` trains one model through the loop without a
+notebook; the others read what those wrote.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import concurrent.futures as futures
-import datetime as _dt
-import hashlib
-import json
-import os
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from itertools import product
 from pathlib import Path
 from typing import Any
 
-from . import paths
-from .config import PARAMS, PROFILES, ConfigError
+from . import anchors, bench, data, leaderboard, models, paths, records, zoo
+from .config import PROFILES, ConfigError, configure
+from .distill import METHODS, build_method, hparams_from_config, unused_knobs
+from .runtime import env_report
+from .student import run_cli as student_editions
+from .sweep import SweepError, find_notebooks, parse_assignment, run_sweep
+from .train import RunExistsError, fit
 
-__all__ = [
-    "main", "notebook_parameters", "parse_assignment", "parse_grid", "find_notebooks",
-    "Job", "expand_jobs",
-]  # fmt: skip
+__all__ = ["main", "build_parser", "CLIError"]
 
 
 class CLIError(Exception):
     """A command-line mistake: printed without a traceback, exit status 2."""
 
 
-def notebook_parameters(path: str | Path) -> dict[str, Any]:
-    """The literals of a notebook's cell tagged ``parameters`` (name -> value)."""
-    path = Path(path)
-    try:
-        nb = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CLIError(f"cannot read notebook {path}: {exc}") from exc
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get(
-            "tags", []
-        ):
-            source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-            values: dict[str, Any] = {}
-            for node in ast.parse(source).body:
-                if isinstance(node, ast.Assign):
-                    for target in node.targets:
-                        if isinstance(target, ast.Name):
-                            values[target.id] = ast.literal_eval(node.value)
-            return values
-    raise CLIError(f"{path.name} has no cell tagged 'parameters', so it cannot be parameterized")
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``key=value`` -> (key, Python literal, or the plain string)."""
-    if "=" not in text:
-        raise CLIError(f"-p expects key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key, value
-
-
-def _literal_or_text(source: str, node: ast.expr) -> Any:
-    try:
-        return ast.literal_eval(node)
-    except ValueError:  # a bare word such as code or cifar10: the text itself
-        return ast.get_source_segment(source, node)
-
-
-def parse_grid(text: str, *, takes_tuple: bool = False) -> tuple[str, list[Any]]:
-    """``key=v1,v2,...`` -> (key, [values]): the values of a grid, one job each.
-
-    For a parameter that takes one value, commas (or a list, ``[v1, v2]``) separate the
-    grid's values; each is a Python literal or, failing that, the plain text
-    (``at_mode=code,paper``). For a parameter that takes a tuple (``takes_tuple``), the
-    whole text is one value and a single number becomes a 1-tuple: ``sweep=1,2,4`` ->
-    ``[(1, 2, 4)]``; there is no grid over tuple parameters (run once per value).
-    """
-    if "=" not in text:
-        raise CLIError(f"-p expects key=value, got {text!r}")
-    key, raw = (part.strip() for part in text.split("=", 1))
-    if not key or not raw:
-        raise CLIError(f"-p expects key=value with both parts, got {text!r}")
-    try:
-        node = ast.parse(raw, mode="eval").body
-    except SyntaxError:  # e.g. folder:/path: one plain string
-        return key, [(raw,) if takes_tuple else raw]
-    items = node.elts if isinstance(node, (ast.Tuple, ast.List)) else [node]
-    values = [_literal_or_text(raw, item) for item in items]
-    if takes_tuple:
-        return key, [tuple(values)]
-    if not values:
-        raise CLIError(f"-p {key}={raw} gives no value")
-    return key, values
-
-
-def find_notebooks(names: Sequence[str]) -> list[Path]:
-    """Notebook paths from names, numbers ('02') or paths; all course notebooks when empty."""
-    root = paths.repo_root()
-    nb_dir = (root / "notebooks") if root is not None else Path.cwd() / "notebooks"
-    available = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb"))
-    if not names:
-        if not available:
-            raise CLIError(f"no notebooks found in {nb_dir}")
-        return available
-    found = []
-    for name in names:
-        path = Path(name)
-        if path.suffix == ".ipynb" and path.exists():
-            found.append(path)
-            continue
-        matches = [p for p in available if p.stem == name or p.stem.startswith(name)]
-        if len(matches) != 1:
-            choices = ", ".join(p.stem for p in available)
-            raise CLIError(f"notebook {name!r} not found (or ambiguous); choose from: {choices}")
-        found.append(matches[0])
-    return found
-
-
-def _takes_tuple(key: str, declared: Sequence[dict[str, Any]]) -> bool:
-    """Whether ``key`` takes a tuple: its type in PARAMS, else the notebooks' defaults."""
-    if key in PARAMS:
-        types = PARAMS[key].type if isinstance(PARAMS[key].type, tuple) else (PARAMS[key].type,)
-        return tuple in types or list in types
-    return any(isinstance(d.get(key), (list, tuple)) for d in declared)
-
-
-def _check_parameters(nb: Path, params: dict[str, Any], grid: Sequence[str] = ()) -> None:
-    declared = notebook_parameters(nb)
-    for key, value in params.items():
-        if key not in declared:
-            raise CLIError(
-                f"{nb.name} has no parameter {key!r}; its parameters are: "
-                f"{', '.join(sorted(declared))}"
-            )
-        if key in PARAMS:
-            try:
-                PARAMS[key].check(key, value)
-            except ConfigError as exc:
-                if key in grid:
-                    hint = f" (-p {key}=a,b,... runs one job per value)"
-                elif _takes_tuple(key, [declared]):
-                    hint = (
-                        f" ({key} takes a tuple: -p {key}=a,b,... is one value; there is "
-                        f"no grid over tuple parameters, run once per value)"
-                    )
-                else:
-                    hint = ""
-                raise CLIError(f"{exc}{hint}") from exc
-
-
-#: Parameters that never send a job's runs to a runs folder of its own: they are part of
-#: the run names (profile, dataset, seed), do not change what is learned (device,
-#: precision), or change only runs that keep no record (sweep). Notebook knobs that are
-#: not in PARAMS (``skip``, ``run_flip``) choose what a notebook shows, not how a run trains.
-_SHARED_RUN_KEYS = ("profile", "dataset", "device", "precision", "seed", "sweep")
-
-
-@dataclass
-class Job:
-    """One notebook execution of a sweep.
-
-    Attributes:
-        notebook: the source notebook.
-        params: the parameters papermill injects.
-        name: the job's name, also its folder: ``<stem>[-key=value...][-s<seed>]``.
-        variant: the runs subfolder for its training runs (``key=value...`` of its ``-p``
-            values), or None for the shared runs folder.
-    """
-
-    notebook: Path
-    params: dict[str, Any]
-    name: str
-    variant: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        text = f"{value:g}"
-    elif isinstance(value, (list, tuple)):
-        text = ",".join(_show(v) for v in value)
-    else:
-        text = str(value)
-    return "".join(c if c.isalnum() or c in "-_.,+" else "_" for c in text)
-
-
-def expand_jobs(
-    notebooks: Sequence[Path],
-    assignments: Sequence[str] = (),
-    seeds: Sequence[int] | None = None,
-    base: dict[str, Any] | None = None,
-) -> list[Job]:
-    """The jobs of a sweep: every notebook x every grid point x every seed, in that order.
-
-    Args:
-        notebooks: notebook paths.
-        assignments: the ``-p`` texts (``key=value`` or ``key=v1,v2``; see
-            :func:`parse_grid` for which parameters take a grid).
-        seeds: one job per seed (None: the notebooks' own seed).
-        base: fixed parameters (``--profile``, ``--dataset``, ``--device``).
-
-    Raises:
-        CLIError: an unknown parameter or a bad value, before anything runs; a key given
-            twice; a seed given with ``-p`` (use ``--seeds``).
-    """
-    base = dict(base or {})
-    declared = [notebook_parameters(nb) for nb in notebooks]
-    grids: dict[str, list[Any]] = {}
-    for text in assignments:
-        key = text.split("=", 1)[0].strip()
-        if key == "seed":
-            raise CLIError("set seeds with --seeds 0,1,2, not -p seed=...")
-        if key in grids or key in base:
-            raise CLIError(f"parameter {key!r} is given twice (in -p or as an option)")
-        key, values = parse_grid(text, takes_tuple=_takes_tuple(key, declared))
-        grids[key] = values
-    grid_keys = [k for k, v in grids.items() if len(v) > 1]
-    own_runs = [k for k in grids if k in PARAMS and k not in _SHARED_RUN_KEYS]
-    jobs = []
-    for nb in notebooks:
-        for point in product(*grids.values()):
-            for seed in [None] if seeds is None else seeds:
-                params = {**base, **dict(zip(grids, point))}
-                if seed is not None:
-                    params["seed"] = seed
-                _check_parameters(nb, params, grid_keys)  # every job checked before any runs
-                name = nb.stem + "".join(f"-{k}={_show(params[k])}" for k in grid_keys)
-                name += f"-s{seed}" if seed is not None else ""
-                variant = "-".join(f"{k}={_show(params[k])}" for k in own_runs) or None
-                jobs.append(Job(nb, params, name, variant))
-    return jobs
-
-
-def _notebook_code_hash(nb: Path) -> str:
-    """A hash of a notebook's code cells (outputs excluded): what its results depend on."""
-    cells = json.loads(nb.read_text()).get("cells", [])
-    code = [
-        "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-        for c in cells
-        if c.get("cell_type") == "code"
-    ]
-    return hashlib.sha1("\n\0".join(code).encode()).hexdigest()[:12]
-
-
-def _finished(folder: Path, job: Job, code_hash: str) -> bool:
-    try:
-        done = json.loads((folder / "job.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    same_params = json.dumps(done.get("params"), sort_keys=True, default=list) == json.dumps(
-        job.params, sort_keys=True, default=list
-    )
-    return (
-        done.get("status") == "ok"
-        and same_params
-        and done.get("code") == code_hash
-        and (folder / job.notebook.name).exists()
-    )
-
-
-def _execute(
-    notebook: str,
-    output: str,
-    params: dict[str, Any],
-    env: dict[str, str],
-    progress: bool,
-    log_output: bool,
-) -> tuple[str, str, float]:
-    """Run one notebook with papermill; ``(status, error, seconds)``, never raises.
-
-    ``env`` is set around the call, so the kernel papermill starts inherits it (thread
-    count, runs folder). Used one job at a time, so that ``--verbose`` and ``--progress``
-    can stream; ``--jobs`` runs :func:`_execute_in_process` instead.
-    """
-    import papermill as pm
-
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    t0 = time.perf_counter()
-    try:
-        pm.execute_notebook(
-            notebook,
-            output,
-            parameters=params,
-            cwd=str(Path(notebook).parent),
-            progress_bar=progress,
-            log_output=log_output,
-        )
-        status, error = "ok", ""
-    except Exception as exc:  # a failed notebook must not stop the others
-        status = "FAILED"
-        text = str(exc).strip()
-        error = text.splitlines()[-1][:200] if text else repr(exc)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return status, error, time.perf_counter() - t0
-
-
-def _execute_in_process(job: Job, folder: Path, output: Path) -> tuple[str, str, float]:
-    """Run one notebook in a papermill process of its own; its log goes to the job folder.
-
-    Returns ``(status, error, seconds)`` like :func:`_execute`: the error is the last line
-    papermill wrote (the exception of the failing cell), the whole log is in
-    ``papermill.log``.
-    """
-    command = [
-        sys.executable, "-m", "papermill", str(job.notebook), str(output),
-        "-y", json.dumps(job.params, default=list), "--cwd", str(job.notebook.parent),
-        "--no-progress-bar",
-    ]  # fmt: skip
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            command, env={**os.environ, **job.env}, capture_output=True, text=True
-        )
-    except OSError as exc:
-        return "FAILED", f"could not start papermill: {exc}"[:200], time.perf_counter() - t0
-    seconds = time.perf_counter() - t0
-    (folder / "papermill.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode == 0:
-        return "ok", "", seconds
-    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-    error = lines[-1][:200] if lines else f"papermill exited with status {proc.returncode}"
-    return "FAILED", error, seconds
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
-    notebooks = find_notebooks(args.notebooks)
-    base: dict[str, Any] = {}
-    for key in ("profile", "dataset", "device"):
-        if getattr(args, key) is not None:
-            base[key] = getattr(args, key)
+    base: dict[str, Any] = {
+        key: getattr(args, key)
+        for key in ("profile", "dataset", "device")
+        if getattr(args, key) is not None
+    }
     seeds = None if args.seeds is None else _parse_seeds(args.seeds)
-    if args.jobs < 1:
-        raise CLIError(f"--jobs expects a positive number of processes, got {args.jobs}")
-    jobs = expand_jobs(notebooks, args.param, seeds, base)
-
-    threads = args.threads or (max(1, _cpu_count() // args.jobs) if args.jobs > 1 else None)
-    runs_root = paths.runs_root()
-    out_root = Path(args.output) if args.output else runs_root / "notebooks"
-    planned = []  # (job, folder, output notebook, code hash, skip)
-    for job in jobs:
-        profile = job.params.get("profile", "default")
-        folder = (out_root if args.output else out_root / str(profile)) / job.name
-        if threads:
-            job.env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        if job.variant:
-            job.env["ATCOURSE_RUNS"] = str(runs_root / "variants" / job.variant)
-        code = _notebook_code_hash(job.notebook)
-        skip = args.resume and _finished(folder, job, code)
-        planned.append((job, folder, folder / job.notebook.name, code, skip))
-
-    summary: dict[str, tuple[str, float, str]] = {}
-
-    def finish(job: Job, folder: Path, code: str, result: tuple[str, str, float]) -> None:
-        status, error, secs = result
-        summary[job.name] = (status, secs, error)
-        record = {
-            "notebook": job.notebook.name, "params": job.params, "status": status,
-            "error": error, "seconds": round(secs, 1), "code": code, "env": job.env,
-            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }  # fmt: skip
-        (folder / "job.json").write_text(json.dumps(record, indent=1, default=list))
-        print(f"[atcourse run] {status:<6} {job.name} ({secs:.0f} s) {error}".rstrip(), flush=True)
-
-    todo = []
-    for job, folder, out, code, skip in planned:
-        if skip:
-            summary[job.name] = ("skipped", 0.0, "finished earlier (--resume)")
-            print(f"[atcourse run] skip   {job.name}: finished earlier (--resume)", flush=True)
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
-            todo.append((job, folder, out, code))
-    how = f"{args.jobs} at a time" if args.jobs > 1 else "one at a time"
-    print(
-        f"[atcourse run] {len(todo)} notebook job(s) to run, {how}"
-        + (f", {threads} CPU thread(s) each" if threads else ""),
-        flush=True,
-    )
-    t0 = time.perf_counter()
-    if args.jobs == 1:
-        for job, folder, out, code in todo:
-            print(f"[atcourse run] start  {job.name} {job.params or ''} -> {out}", flush=True)
-            result = _execute(
-                str(job.notebook), str(out), job.params, job.env, args.progress, args.verbose
-            )
-            finish(job, folder, code, result)
-    else:
-        # Threads that each wait on a papermill process: the environment (threads, runs
-        # folder) goes to that process alone, and nothing here imports torch again.
-        with futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            running = {
-                pool.submit(_execute_in_process, job, folder, out): (job, folder, code)
-                for job, folder, out, code in todo
-            }
-            try:
-                for fut in futures.as_completed(running):
-                    job, folder, code = running[fut]
-                    finish(job, folder, code, fut.result())
-            except KeyboardInterrupt:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    wall = time.perf_counter() - t0
-
-    names = [job.name for job, *_ in planned]
-    width = max(len("notebook job"), *(len(n) for n in names))
-    print()
-    print(f"{'notebook job':<{width}}  status   seconds")
-    for name in names:
-        status, secs, error = summary[name]
-        print(f"{name:<{width}}  {status:<7}  {secs:7.1f}  {error}".rstrip())
-    print(f"\nwall time {wall:.0f} s; executed notebooks are in {out_root}")
-    _print_leaderboard({job.params.get("profile") for job in jobs})
-    failed = sum(s[0] == "FAILED" for s in summary.values())
-    if failed:
-        print(f"{failed} of {len(summary)} notebook job(s) failed", file=sys.stderr)
+    failed = run_sweep(
+        find_notebooks(args.notebooks), args.param, seeds, base, jobs=args.jobs,
+        threads=args.threads, resume=args.resume, output=args.output, progress=args.progress,
+        verbose=args.verbose,
+    )  # fmt: skip
     return 1 if failed else 0
-
-
-def _print_leaderboard(profiles: set[Any]) -> None:
-    """The leaderboard of the complete run records of the profiles just run."""
-    from . import results
-
-    records = [
-        r
-        for r in results.load_records()
-        if None in profiles or (r.get("params") or {}).get("profile") in profiles
-    ]
-    rows = results.leaderboard(records)
-    if rows:
-        print(f"\nleaderboard of the run records in {paths.runs_root()}:\n")
-        print(results.to_markdown(rows))
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -494,36 +63,34 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from . import results
-
     if args.anchors:
-        items = results.anchors(dataset=args.dataset)
-        text = results.anchors_csv(items) if args.csv else results.anchors_markdown(items)
+        items = anchors.anchors(dataset=args.dataset)
+        text = anchors.anchors_csv(items) if args.csv else anchors.anchors_markdown(items)
     else:
-        records = results.load_records(args.runs)
+        found = records.load_records(args.runs)
         if args.page:
             page = Path(args.page)
             if not page.is_file():
                 raise CLIError(f"--page {page}: no such file")
             try:
-                report = results.update_page(page, records)
+                report = leaderboard.update_page(page, found)
             except ValueError as exc:
                 raise CLIError(str(exc)) from exc
             for marker, updated in report:
                 print(f"{'updated' if updated else 'kept (no matching records)'}: {marker}")
             return 0
-        records = [
+        found = [
             r
-            for r in records
+            for r in found
             if (args.profile is None or (r.get("params") or {}).get("profile") == args.profile)
             and (args.dataset is None or (r.get("params") or {}).get("dataset") == args.dataset)
         ]
-        rows = results.leaderboard(records)
+        rows = leaderboard.leaderboard(found)
         if not rows:
             where = args.runs or paths.runs_root()
             print(f"no complete run records in {where} for this selection", file=sys.stderr)
             return 1
-        text = results.to_csv(rows) if args.csv else results.to_markdown(rows)
+        text = leaderboard.to_csv(rows) if args.csv else leaderboard.to_markdown(rows)
     if args.output:
         Path(args.output).write_text(text if text.endswith("\n") else text + "\n")
         print(f"written to {args.output}")
@@ -532,35 +99,61 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from . import data, train, zoo
-    from .config import configure
-    from .distill import METHODS, build_method, hparams_from_config
-    from .models import build
-
+def _train_config(args: argparse.Namespace) -> Any:
+    """The configuration of ``atcourse train``: options and ``-p`` values, each given once."""
+    given: dict[str, Any] = {}
+    for text in args.param:
+        try:
+            key, value = parse_assignment(text)
+        except SweepError as exc:
+            raise CLIError(str(exc)) from exc
+        if key in given:
+            raise CLIError(f"-p {key}=... is given twice")
+        given[key] = value
+    options = {"arch": args.arch, "teacher_arch": args.teacher, "dataset": args.dataset,
+               "device": args.device, "seed": args.seed}  # fmt: skip
+    flags = {"arch": "--arch", "teacher_arch": "--teacher", "dataset": "--dataset",
+             "device": "--device", "seed": "--seed"}  # fmt: skip
+    for key, value in options.items():
+        if key in given:
+            raise CLIError(f"-p {key}=... duplicates the option {flags[key]}: give it once")
+        given[key] = value
     if args.method not in METHODS:
         raise CLIError(
             f"unknown method {args.method!r}: choose one of {', '.join(sorted(METHODS))}"
         )
-    overrides = dict(parse_assignment(p) for p in args.param)
-    try:
-        cfg = configure(
-            args.profile,
-            arch=args.arch,
-            dataset=args.dataset,
-            device=args.device,
-            seed=args.seed,
-            **overrides,
+    unused = unused_knobs(args.method, given)
+    if unused:
+        own = ", ".join(METHODS[args.method].knobs) or "none"
+        raise CLIError(
+            f"method {args.method!r} does not use {', '.join(unused)} (its knobs: {own}); "
+            "drop those -p values"
         )
-    except ConfigError as exc:
+    try:
+        cfg = configure(args.profile, **given)
+        for key, flag in (("arch", "--arch"), ("teacher_arch", "--teacher")):
+            models.check_name(cfg[key], what=flag)
+        hparams = hparams_from_config(args.method, cfg)
+    except (ConfigError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
-    train_set, test_set = data.load_splits(cfg)
-    model = build(cfg.arch, num_classes=train_set.num_classes)
+    return cfg, hparams
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg, hparams = _train_config(args)  # every mistake is found before any data is loaded
+    train_set, val_set, test_set = data.load_splits(cfg)
+    student = models.build(cfg.arch, num_classes=train_set.num_classes, seed=cfg.seed)
     teacher = None
     if METHODS[args.method].needs_teacher:
-        teacher = zoo.teacher(args.teacher, cfg=cfg, data=(train_set, test_set))
-    method = build_method(args.method, model, teacher, **hparams_from_config(args.method, cfg))
-    result = train.fit(method, cfg, train_set, test_set, resume=args.resume, name=args.name)
+        teacher = zoo.teacher(cfg.teacher_arch, cfg=cfg, data=(train_set, val_set, test_set))
+    method = build_method(args.method, student, teacher, **hparams)
+    try:
+        # A run of the same setting already there is continued or returned (two identical
+        # commands started together: one trains, the other waits and returns its result).
+        result = fit(method, cfg, train_set, test_set, val_set=val_set, name=args.name,
+                     resume="auto", replace=args.replace)  # fmt: skip
+    except RunExistsError as exc:
+        raise CLIError(str(exc)) from exc
     final = result.final
     print(
         f"test accuracy {final.get('test_acc', float('nan')):.2%} after {final['epochs']} "
@@ -569,22 +162,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_doctor(args: argparse.Namespace) -> int:
-    from .runtime import env_report
-
-    try:
-        env_report(args.device)
-    except (RuntimeError, ValueError) as exc:
-        raise CLIError(str(exc)) from exc
-    problems = []
-    root = paths.data_root()
+def _writable_dir(what: str, root: Path, variable: str) -> str | None:
+    """None when ``root`` is (or can be made) a writable folder, else the problem."""
+    if root.exists() and not root.is_dir():
+        return f"the {what} {root} is a file, not a folder; set {variable} to a folder"
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        problems.append(f"data root {root} is not writable ({exc}); set ATCOURSE_DATA")
+        return f"the {what} {root} is not writable ({exc.strerror or exc}); set {variable}"
+    return None
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    try:
+        env_report(args.device)
+    except (RuntimeError, ValueError) as exc:
+        raise CLIError(str(exc)) from exc
+    problems = [
+        p
+        for p in (
+            _writable_dir("data folder", paths.data_root(), "ATCOURSE_DATA"),
+            _writable_dir("runs folder", paths.runs_root(), "ATCOURSE_RUNS"),
+        )
+        if p
+    ]
     try:
         from jupyter_client.kernelspec import KernelSpecManager
 
@@ -599,12 +203,10 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_student(args: argparse.Namespace) -> int:
-    from .student import run_cli
-
     root = paths.repo_root() or Path.cwd()
     src = args.source or str(root / "notebooks")
     out = args.output or str(root / "build" / "student")
-    return run_cli(src, out)
+    return student_editions(src, out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -684,7 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default=None, help="auto, cpu, cuda or mps")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--name", default=None, help="run name (folder under runs/)")
-    tr.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    tr.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run of the same setting, or return it when it has "
+        "finished (what happens anyway; a run of another setting is refused)",
+    )
+    tr.add_argument(
+        "--replace", action="store_true", help="train a new run over the one already there"
+    )
     tr.add_argument(
         "-p",
         "--param",
@@ -699,8 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--source", help="folder of course notebooks (default notebooks/)")
     st.add_argument("--output", help="where editions go (default build/student/)")
     st.set_defaults(func=_cmd_student)
-
-    from . import bench
 
     be = sub.add_parser("bench", help="measure training speed per model and method")
     bench.add_arguments(be)
@@ -717,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except CLIError as exc:
+    except (CLIError, SweepError) as exc:
         print(f"atcourse {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,11 @@ passes them to :func:`configure`, which
 3. fills every parameter left as ``None`` from the profile,
 4. prints the resolved configuration and returns it as a :class:`Config`.
 
+The names it accepts are :func:`parameters`: the run's own (:data:`PARAMS`: where, what,
+the data sizes and the training recipe), the notebooks' experiment knobs, and each
+method's knobs, which every method declares once next to its code
+(:mod:`atcourse.distill` hands them to :func:`declare_knobs` when it registers a method).
+
 Profiles:
 
 - ``smoke``: seconds per notebook on 2 CPU cores; exercises the mechanics, nothing more.
@@ -17,13 +22,17 @@ Profiles:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PROFILES", "PARAMS", "Param", "Config", "ConfigError", "configure", "profile_defaults"]
+__all__ = [
+    "PROFILES", "PARAMS", "RECIPE_KEYS", "Param", "Config", "ConfigError", "configure",
+    "profile_defaults", "declare_knobs", "knobs_of", "parameters", "method_of_knob",
+]  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -32,7 +41,20 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter: its type, the values it may take and what it means."""
+    """One parameter: its type, the values it may take and what it means.
+
+    Attributes:
+        type: the accepted type(s); an int is accepted for a float, a list for a tuple.
+        help: what it means (shown in errors and in the configuration's table).
+        choices: the valid values (None: any of the type).
+        min, max: bounds, checked on the value and on each element of a tuple.
+        nullable: whether None ("the profile's value" or "the method's default") is allowed.
+        prefix_ok: strings starting with one of these pass ``choices`` (``folder:...``).
+        default: the value when neither the notebook nor the profile sets it. A method's
+            knob takes its default from the method's constructor (:func:`declare_knobs`).
+        items: the type of a tuple's elements (checked one by one).
+        arg: for a method's knob, the constructor argument it sets (None: the same name).
+    """
 
     type: type | tuple[type, ...]
     help: str
@@ -40,10 +62,13 @@ class Param:
     min: float | None = None
     max: float | None = None
     nullable: bool = True
-    prefix_ok: tuple[str, ...] = field(default=())  # values starting with these pass choices
-    default: Any = None  # used when neither the notebook nor the profile sets it
+    prefix_ok: tuple[str, ...] = field(default=())
+    default: Any = None
+    items: type | tuple[type, ...] | None = None
+    arg: str | None = None
 
     def check(self, name: str, value: Any) -> Any:
+        """``value`` converted (int -> float, list -> tuple) and checked; ConfigError if bad."""
         if value is None:
             if self.nullable:
                 return None
@@ -56,10 +81,21 @@ class Param:
         if isinstance(value, bool) and bool not in types:
             raise ConfigError(f"parameter {name!r} must be {_type_names(types)}, not a bool")
         if not isinstance(value, types):
+            hint = ""
+            if tuple in types and not isinstance(value, str):
+                hint = f"; a one-element tuple is written ({value!r},) or [{value!r}]"
             raise ConfigError(
                 f"parameter {name!r} must be {_type_names(types)}, not "
-                f"{type(value).__name__} {value!r} ({self.help})"
+                f"{type(value).__name__} {value!r} ({self.help}){hint}"
             )
+        if isinstance(value, tuple) and self.items is not None:
+            item_types = self.items if isinstance(self.items, tuple) else (self.items,)
+            for item in value:
+                if isinstance(item, bool) or not isinstance(item, item_types):
+                    raise ConfigError(
+                        f"parameter {name!r} = {value!r}: element {item!r} is not "
+                        f"{_type_names(item_types)} ({self.help})"
+                    )
         if self.choices is not None and value not in self.choices:
             if not (isinstance(value, str) and value.startswith(self.prefix_ok or ("\0",))):
                 extra = (
@@ -91,8 +127,9 @@ _MODEL_NAMES = (
     "resnet20", "resnet32", "resnet56", "resnet110", "vit_tiny", "vit_small", "vitc_micro",
 )  # fmt: skip
 
-#: Every parameter a notebook or ``atcourse run`` may set. Method knobs live here too, so
-#: that there is one place that says what each name means and which values it takes.
+#: The parameters of every run: where and what, the models, the data sizes and the training
+#: recipe, plus the notebooks' experiment knobs. Method knobs are not here: each method
+#: declares its own (:func:`parameters` gathers them).
 PARAMS: dict[str, Param] = {
     # --- where and what
     "profile": Param(str, "smoke, lab or full", choices=("smoke", "lab", "full"), nullable=False),
@@ -114,12 +151,16 @@ PARAMS: dict[str, Param] = {
     "student_arch": Param(str, "student architecture", choices=_MODEL_NAMES, prefix_ok=("wrn_",)),
     # --- data sizes
     "train_size": Param(int, "training images used (None: all)", min=1),
+    "val_size": Param(
+        int, "validation images, held out from the training data (None: the data set's default)",
+        min=1,
+    ),
     "test_size": Param(int, "test images used (None: all)", min=1),
     # --- optimisation
     "epochs": Param(int, "student training epochs", min=1),
     "teacher_epochs": Param(int, "teacher training epochs (zoo)", min=1),
     "batch_size": Param(int, "images per step", min=1),
-    "lr": Param(float, "peak learning rate (SGD, Nesterov momentum)", min=0.0),
+    "lr": Param(float, "peak learning rate (SGD with momentum, or AdamW)", min=0.0),
     "optimizer": Param(
         str, "sgd (momentum; None means sgd) or adamw (the ViT recipes)", choices=("sgd", "adamw")
     ),
@@ -127,40 +168,20 @@ PARAMS: dict[str, Param] = {
     "weight_decay": Param(float, "L2 weight decay", min=0.0),
     "schedule": Param(str, "learning-rate schedule", choices=("step", "cosine", "constant")),
     "milestones": Param(
-        tuple, "step schedule: fractions of training where lr drops", min=0.0, max=1.0
+        tuple, "step schedule: fractions of training where lr drops", min=0.0, max=1.0,
+        items=(int, float),
     ),
     "lr_decay": Param(float, "step schedule: factor at each milestone", min=0.0, max=1.0),
     "warmup_epochs": Param(int, "linear warm-up epochs", min=0),
     "label_smoothing": Param(float, "label smoothing of the cross-entropy", min=0.0, max=1.0),
-    # --- method knobs (KD, activation AT)
-    "alpha": Param(
-        float, "KD: weight of the soft loss; CE gets 1 - alpha", min=0.0, max=1.0, default=0.9
-    ),
-    "T": Param(float, "KD: softmax temperature", min=1e-3, default=4.0),
-    "beta": Param(float, "weight of the attention-transfer term", min=0.0),
-    "p": Param(float, "AT: the power p in |A|^p", min=0.5, default=2.0),
-    "at_mode": Param(str, "AT loss form", choices=("code", "paper"), default="code"),
-    "reduce": Param(
-        str, "AT: how channels are reduced", choices=("sum", "mean", "max"), default="mean"
-    ),
+    # --- the notebooks' experiments (not method knobs)
     "sweep": Param(tuple, "values for the notebook's sweep (None: the profile decides)"),
-    # --- method knobs (ViT attention transfer: attn_copy, attn_distill)
-    "attn_weight": Param(
-        float,
-        "attention distillation: weight of the summed per-layer KL terms",
-        min=0.0,
-        default=3.0,
-    ),
-    "attn_layers": Param(
-        (tuple, str),
-        "ViT blocks to transfer: indices, 'all', 'early' or 'late' "
-        "(None: copy all, distill all but the last quarter)",
-    ),
     "pretrain_classes": Param(
         tuple,
         "classes the transfer teacher is pre-trained on; the student learns the others",
         min=0,
         default=(0, 1, 2, 3, 4),
+        items=int,
     ),
     "pretrain_scale": Param(
         float,
@@ -168,111 +189,112 @@ PARAMS: dict[str, Param] = {
         min=0.01,
         default=4.0,
     ),
-    # --- CAT-KD (atcourse.distill.cam); beta above is its CAT weight
-    "cat_pair": Param(
-        str,
-        "CAT-KD: a reference configuration 'teacher/student' whose beta, R and "
-        "normalization become the defaults",
-        choices=(
-            "resnet32x4/resnet8x4",
-            "resnet56/resnet20",
-            "resnet110/resnet32",
-            "wrn_40_2/wrn_16_2",
-            "wrn_40_2/wrn_40_1",
-            "vgg13/vgg8",
-            "resnet32x4/ShuffleV1",
-            "resnet32x4/ShuffleV2",
-            "wrn_40_2/ShuffleV1",
-            "ResNet50/MobileNetV2",
-            "vgg13/MobileNetV2",
-            "imagenet:ResNet34/ResNet18",
-            "imagenet:ResNet50/MobileNetV2",
-        ),
-    ),
-    "cam_resolution": Param(int, "CAT-KD: R, the size the CAMs are pooled to (None: 2)", min=1),
-    "cam_normalize": Param(
-        bool, "CAT-KD: L2-normalize each pooled class map (None: only when binarized)"
-    ),
-    "cam_binarize": Param(
-        bool, "CAT-KD: binarize the teacher's CAMs at their mean |CAM|", default=False
-    ),
-    "cam_classes": Param(int, "CAT-KD: transfer only this many classes per image", min=1),
-    "cam_selection": Param(
-        str,
-        "CAT-KD: with cam_classes, the teacher's top or bottom classes",
-        choices=("top", "bottom"),
-        default="top",
-    ),
-    # --- AFD / AFT-KD (method "aft"; the defaults are justified in distill.aft.AFTKD)
-    "aft_weighting": Param(
-        str,
-        "AFD: loss weights from decay rates, or fixed",
-        choices=("adaptive", "fixed"),
-        default="adaptive",
-    ),
-    "aft_cam_source": Param(
-        str,
-        "AFD: the 1x1 conv of the CAM: the classifier's weights, or learned",
-        choices=("classifier", "learned"),
-        default="classifier",
-    ),
-    "aft_threshold": Param(
-        str,
-        "AFD: CAM binarization threshold per map",
-        choices=("mean_abs", "mean", "zero"),
-        default="mean_abs",
-    ),
-    "aft_gradient": Param(
-        str,
-        "AFD: gradient through the binarization: none, or straight-through",
-        choices=("none", "ste"),
-        default="none",
-    ),
-    "aft_merge": Param(
-        str,
-        "AFD: one-channel mask and C channels: add to each, or concat",
-        choices=("add", "concat"),
-        default="add",
-    ),
-    "aft_align": Param(
-        str,
-        "AFD: teacher/student widths: a learned 1x1 conv, or block pooling",
-        choices=("conv", "pool"),
-        default="conv",
-    ),
-    "aft_source": Param(
-        str,
-        "AFD: features before the final ReLU (preact) or after it (features)",
-        choices=("preact", "features"),
-        default="preact",
-    ),
-    "aft_cam_class": Param(
-        str,
-        "AFD: whose class map becomes the mask: the label's or the teacher's top-1",
-        choices=("label", "teacher"),
-        default="label",
-    ),
-}
+}  # fmt: skip
+
+#: The parameters that make up a training recipe: what changes the weights a run learns,
+#: besides the method, its knobs, the models and the seed. The trainer refuses to resume a
+#: checkpoint trained under another recipe, the zoo keys its checkpoints on it, and the
+#: leaderboard keeps runs under different recipes in different rows.
+RECIPE_KEYS = (
+    "dataset", "train_size", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+    "schedule", "milestones", "lr_decay", "warmup_epochs", "label_smoothing", "optimizer",
+)  # fmt: skip
+
+#: Each registered method's knobs: method name -> {configuration name: Param}.
+_KNOBS: dict[str, dict[str, Param]] = {}
+
+
+def declare_knobs(method: str, knobs: Mapping[str, Param]) -> None:
+    """Record a method's knobs (called by :func:`atcourse.distill.register`).
+
+    A knob may share its name with a run parameter of :data:`PARAMS` (``label_smoothing``)
+    or with another method's knob (``beta``); shared names must agree on their type.
+    """
+    for name, param in knobs.items():
+        others = [PARAMS[name]] if name in PARAMS else []
+        others += [k[name] for m, k in _KNOBS.items() if m != method and name in k]
+        for other in others:
+            if _as_types(other.type) != _as_types(param.type):
+                raise TypeError(
+                    f"method {method!r} declares {name!r} as {_type_names(_as_types(param.type))}"
+                    f" but it is already {_type_names(_as_types(other.type))}"
+                )
+    _KNOBS[method] = dict(knobs)
+
+
+def _as_types(t: type | tuple[type, ...]) -> tuple[type, ...]:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def knobs_of(method: str) -> dict[str, Param]:
+    """The knobs a registered method declares (configuration name -> Param)."""
+    if method not in _KNOBS:
+        raise ConfigError(
+            f"unknown method {method!r}: choose one of {', '.join(sorted(_KNOBS)) or '(none)'}"
+        )
+    return dict(_KNOBS[method])
+
+
+def method_of_knob(name: str) -> list[str]:
+    """The methods that declare a knob called ``name`` (empty for a run parameter)."""
+    return sorted(m for m, knobs in _KNOBS.items() if name in knobs and name not in PARAMS)
+
+
+def parameters() -> dict[str, Param]:
+    """Every name a notebook or ``atcourse run`` may set: :data:`PARAMS` and the methods' knobs.
+
+    A knob declared by several methods appears once: its help lists each method's meaning,
+    its bounds are those all of them accept (each method checks its own again when it is
+    built), and its default is theirs where they agree, else None (each method's own).
+    """
+    table = dict(PARAMS)
+    merged: dict[str, list[tuple[str, Param]]] = {}
+    for method, knobs in _KNOBS.items():
+        for name, param in knobs.items():
+            if name not in PARAMS:
+                merged.setdefault(name, []).append((method, param))
+    for name, owners in merged.items():
+        first = owners[0][1]
+        if len(owners) == 1:
+            table[name] = dataclasses.replace(first, help=f"{owners[0][0]}: {first.help}")
+            continue
+        by_help: dict[str, list[str]] = {}
+        for method, param in owners:
+            by_help.setdefault(param.help, []).append(method)
+        defaults = {repr(p.default) for _, p in owners}
+        mins = [p.min for _, p in owners if p.min is not None]
+        maxs = [p.max for _, p in owners if p.max is not None]
+        choices = {p.choices for _, p in owners}
+        table[name] = dataclasses.replace(
+            first,
+            help="; ".join(f"{', '.join(ms)}: {h}" for h, ms in by_help.items()),
+            default=first.default if len(defaults) == 1 else None,
+            min=min(mins) if len(mins) == len(owners) else None,
+            max=max(maxs) if len(maxs) == len(owners) else None,
+            choices=first.choices if len(choices) == 1 else None,
+        )
+    return table
+
 
 #: What each profile fills in. ``dataset`` None means shapes; full means CIFAR-10.
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="shapes", device="auto", precision="auto", seed=0,
-        train_size=512, test_size=256, epochs=1, teacher_epochs=2, batch_size=64,
+        train_size=512, val_size=128, test_size=256, epochs=1, teacher_epochs=2, batch_size=64,
         lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
         milestones=(0.3, 0.6, 0.8), lr_decay=0.2, warmup_epochs=0, label_smoothing=0.0,
     ),
     # Sized for a 2-core CPU: 12 epochs x 5,000 images is ~940 steps of 64 for a student.
     "lab": dict(
         dataset="shapes", device="auto", precision="auto", seed=0,
-        train_size=5000, test_size=2000, epochs=12, teacher_epochs=15, batch_size=64,
+        train_size=5000, val_size=1000, test_size=2000, epochs=12, teacher_epochs=15, batch_size=64,
         lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
         milestones=(0.3, 0.6, 0.8), lr_decay=0.2, warmup_epochs=0, label_smoothing=0.0,
     ),
     # The attention-transfer paper's CIFAR recipe (REFERENCE.md section 2).
     "full": dict(
         dataset="cifar10", device="auto", precision="auto", seed=0,
-        train_size=None, test_size=None, epochs=200, teacher_epochs=200, batch_size=128,
+        train_size=None, val_size=5000, test_size=None, epochs=200, teacher_epochs=200, batch_size=128,
         lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="step",
         milestones=(0.3, 0.6, 0.8), lr_decay=0.2, warmup_epochs=0, label_smoothing=0.0,
     ),
@@ -352,9 +374,10 @@ def _unknown_message(name: str, valid: Mapping[str, Any] | list[str]) -> str:
 
 
 def _check(name: str, value: Any) -> Any:
-    if name not in PARAMS:
-        raise ConfigError(_unknown_message(name, PARAMS))
-    return PARAMS[name].check(name, value)
+    table = parameters()
+    if name not in table:
+        raise ConfigError(_unknown_message(name, table))
+    return table[name].check(name, value)
 
 
 def configure(profile: str = "lab", *, verbose: bool = True, **params: Any) -> Config:
@@ -364,7 +387,8 @@ def configure(profile: str = "lab", *, verbose: bool = True, **params: Any) -> C
         profile: ``smoke``, ``lab`` or ``full``; the environment variable
             ``ATCOURSE_PROFILE`` overrides it (the tests run every notebook as ``smoke``).
         verbose: print the resolved configuration.
-        **params: any name in :data:`PARAMS`; ``None`` means "the profile's value".
+        **params: any name of :func:`parameters`; ``None`` means "the profile's value" (or,
+            for a method's knob, the method's default).
 
     Returns:
         A :class:`Config` holding every profile parameter plus the ones given.
@@ -393,8 +417,9 @@ def configure(profile: str = "lab", *, verbose: bool = True, **params: Any) -> C
         given = checked.pop(name, None)
         values[name] = default if given is None else given
         sources.setdefault(name, "profile" if given is None else "given")
-    for name, value in checked.items():  # method knobs that the profile does not define
-        values[name] = PARAMS[name].default if value is None else value
+    table = parameters()
+    for name, value in checked.items():  # knobs that the profile does not define
+        values[name] = table[name].default if value is None else value
     for name in checked:
         sources.setdefault(name, "given")
     cfg = Config(values, sources)

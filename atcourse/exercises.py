@@ -26,10 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .distill.attention import at_loss, attention_map
-from .distill.cam import cat_loss, class_activation_maps
-from .distill.kd import kd_loss
-from .distill.vit_attention import attention_distillation_loss, attention_rollout
+from .distill import (
+    at_loss,
+    attention_distillation_loss,
+    attention_map,
+    cat_loss,
+    class_activation_maps,
+    kd_loss,
+)
+from .models import attention_rollout
 
 __all__ = [
     "ExerciseError",
@@ -1003,7 +1008,7 @@ def check_decay_weights(fn: Callable[[float, float, float, float], Any]) -> None
     The reference is :func:`atcourse.distill.aft.loss_decay_weights` (AFT-KD's Eq. (4) in
     notebook 05): Dr = L / L^0 per term, alpha = Dr_CE / mean(Dr), beta = Dr_AFD / mean(Dr).
     """
-    from .distill.aft import loss_decay_weights
+    from .distill import loss_decay_weights
 
     what = "decay weights"
     cases = [(1.0, 0.8, 2.0, 1.0), (0.3, 0.9, 2.3, 1.2), (0.5, 0.25, 1.0, 0.5)]
@@ -1059,7 +1064,7 @@ def check_attentional_feature_block(fn: Callable[[Tensor, Tensor, Tensor], Tenso
     defaults: the CAM of each image's label from the pre-activation features, binarized
     above its mean absolute value, added to every channel of ReLU(PreF).
     """
-    from .distill.aft import attentional_feature_block, binary_mask, class_maps
+    from .distill.afb import attentional_feature_block, binary_mask, class_maps
     from .distill.cam import class_activation_maps
 
     what = "attentional feature block"

@@ -14,11 +14,43 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import DeviceLoader
-from .runtime import eval_mode, precision_for
+from .runtime import Precision, eval_mode, precision_for
 
-__all__ = ["predict_all", "accuracy", "agreement", "mask_alignment", "uniform_alignment"]
+__all__ = [
+    "evaluate", "predict_all", "accuracy", "agreement", "mask_alignment", "uniform_alignment",
+]  # fmt: skip
 
 Predict = Callable[[Tensor], Tensor] | nn.Module
+
+
+@torch.no_grad()
+def evaluate(
+    predict: Predict, loader: DeviceLoader, precision: Precision | None = None
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``predict`` (a model or ``method.predict``).
+
+    One pass in eval mode (the mode is restored), under ``precision`` (default: the
+    device's policy), counting on the device so nothing waits for the host per batch.
+
+    Returns:
+        ``{"acc": fraction in [0, 1], "loss": mean CE, "n": images}``.
+    """
+    module = predict if isinstance(predict, nn.Module) else getattr(predict, "__self__", None)
+    precision = precision or precision_for(loader.device)
+    correct = torch.zeros((), device=loader.device)
+    loss_sum = torch.zeros((), device=loader.device)
+    count = 0
+    with eval_mode(module):
+        for batch in loader:
+            images, labels = batch[0], batch[1]
+            with precision.autocast():
+                logits = predict(images)
+            logits = logits.float()
+            correct += (logits.argmax(1) == labels).sum()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+            count += labels.numel()
+    n = max(count, 1)
+    return {"acc": correct.item() / n, "loss": loss_sum.item() / n, "n": count}
 
 
 @torch.no_grad()
@@ -37,8 +69,7 @@ def predict_all(predict: Predict, loader: DeviceLoader) -> tuple[Tensor, Tensor]
 
 def accuracy(predict: Predict, loader: DeviceLoader) -> float:
     """Top-1 accuracy in [0, 1]."""
-    logits, labels = predict_all(predict, loader)
-    return (logits.argmax(1) == labels).float().mean().item()
+    return evaluate(predict, loader)["acc"]
 
 
 def agreement(student: Predict, teacher: Predict, loader: DeviceLoader) -> float:

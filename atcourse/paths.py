@@ -12,6 +12,7 @@ once however many processes ask for it, and two processes never train one run at
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from typing import BinaryIO
 
 __all__ = [
     "repo_root", "data_root", "runs_root", "checkpoint_root", "cache_root", "file_lock",
-    "atomic_write",
+    "atomic_write", "digest_path", "verify_digest", "CorruptFileError",
 ]  # fmt: skip
 
 
@@ -88,7 +89,53 @@ def file_lock(path: str | Path, *, waiting: str | None = None) -> Iterator[None]
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def atomic_write(path: str | Path, content: bytes | str | Callable[[BinaryIO], None]) -> Path:
+class CorruptFileError(ValueError):
+    """A file the course wrote no longer matches the digest stored beside it."""
+
+
+def digest_path(path: str | Path) -> Path:
+    """Where the digest of ``path`` is kept: ``<name>.sha256`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_digest(path: str | Path) -> None:
+    """Check ``path`` against its stored digest (no digest stored: nothing to check).
+
+    Raises:
+        CorruptFileError: naming the file, when its size or SHA-256 differ from the digest
+            written with it (a truncated copy, flipped bytes, a half-finished download).
+    """
+    path = Path(path)
+    stored = digest_path(path)
+    if not stored.exists():
+        return
+    try:
+        size_text, expected = stored.read_text().split()
+        size = int(size_text)
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"{stored} (the digest of {path}) is unreadable: {exc}") from exc
+    actual_size = path.stat().st_size
+    if actual_size != size:
+        raise CorruptFileError(f"{path} has {actual_size} bytes, {size} were written")
+    if _sha256(path) != expected:
+        raise CorruptFileError(f"{path} does not match the SHA-256 written with it")
+
+
+def atomic_write(
+    path: str | Path,
+    content: bytes | str | Callable[[BinaryIO], None],
+    *,
+    digest: bool = False,
+) -> Path:
     """Write a file so that no reader ever sees it half-written: the one atomic writer.
 
     ``content`` (bytes, text as UTF-8, or a function that writes into a binary file, such
@@ -96,7 +143,8 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[BinaryIO], N
     folder, is flushed to disk, and the temporary file is renamed over ``path``. A crash
     mid-write leaves the previous file intact and no temporary file behind; two writers
     never share a temporary file. The file is readable by everyone (mode 0644), as records
-    and caches are meant to be.
+    and caches are meant to be. With ``digest``, its size and SHA-256 are written beside it
+    (:func:`digest_path`), for :func:`verify_digest` to check when it is read back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +158,11 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[BinaryIO], N
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private
+        if digest:
+            # the digest first: a crash between the two renames leaves a digest that no
+            # longer matches, which reads as "corrupt", never as silently valid
+            text = f"{os.path.getsize(tmp)} {_sha256(Path(tmp))}\n"
+            atomic_write(digest_path(path), text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -2,15 +2,16 @@
 
 The loop knows nothing about distillation: it asks the method for a
 :class:`~atcourse.distill.DistillOutput`, back-propagates ``out.total`` and logs each
-loss term by name. What it does own:
+loss term and diagnostic by name. What it does own:
 
-- SGD with momentum and weight decay, the profile's learning-rate schedule (per step);
-- the precision policy of :mod:`atcourse.runtime` (bf16 autocast on CUDA);
-- progress bars (tqdm.auto) with live loss and accuracy;
-- a per-epoch history: every loss term, train and test accuracy, images/s, wall time;
-- a stop with a clear message when a loss becomes NaN or inf;
-- an atomic checkpoint after every epoch (write, then rename) and resume from it;
-- a run record under ``runs/`` (:mod:`atcourse.results`).
+- the optimizer (SGD with momentum, or AdamW) and the profile's learning-rate schedule
+  (set per step);
+- the precision policy of :mod:`atcourse.runtime`;
+- a per-epoch history: every loss term, its weight and every diagnostic, train
+  accuracy, validation and test accuracy, images/s, wall time;
+- a stop with a clear message when a loss term becomes NaN or inf;
+- an atomic checkpoint after every epoch and resume from it, a run record under ``runs/``
+  (:mod:`atcourse.records`), and a lock so that one process at a time trains a run.
 
 Loss values stay on the device during an epoch and are read once at its end, so the
 hot path has no host synchronisation on CUDA.
@@ -22,42 +23,39 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import paths, results
-from .config import Config
+from . import paths, records
+from .config import RECIPE_KEYS, Config
 from .data import DeviceLoader, ImageDataset
 from .distill.base import Distiller, DistillOutput
-from .runtime import Precision, eval_mode, precision_for, seed_everything, synchronize
+from .metrics import evaluate
+from .runtime import Precision, precision_for, seed_everything, synchronize
 
 __all__ = [
-    "fit",
-    "make_optimizer",
-    "train_step",
-    "evaluate",
-    "TrainResult",
-    "NonFiniteLossError",
-    "lr_at",
-    "atomic_save",
-]
+    "fit", "make_optimizer", "train_step", "TrainResult", "NonFiniteLossError", "lr_at",
+    "RunExistsError", "CHECKPOINT", "EpochSums", "check_finite",
+]  # fmt: skip
 
-#: Parameters that change what training computes: a checkpoint resumes only if they match.
-TRAIN_KEYS = (
-    "dataset", "seed", "train_size", "epochs", "batch_size", "lr", "momentum",
-    "weight_decay", "schedule", "milestones", "lr_decay", "warmup_epochs", "label_smoothing",
-    "optimizer",
-)  # fmt: skip
+#: The file name of a run's checkpoint, in its run folder.
+CHECKPOINT = "checkpoint.pt"
+
+EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or inf; the message says which, and when."""
+
+
+class RunExistsError(ValueError):
+    """A run folder holds another run, or a finished run that was not asked for."""
 
 
 @dataclass
@@ -108,10 +106,11 @@ def lr_at(cfg: Config | dict, epoch_progress: float) -> float:
 def make_optimizer(params: Sequence[nn.Parameter], cfg: Config | dict) -> torch.optim.Optimizer:
     """The optimizer ``cfg["optimizer"]`` names, with ``cfg``'s learning rate and weight decay.
 
-    ``sgd`` (also when unset): SGD with ``momentum``, weight decay on every parameter, the
-    CNN recipes of the attention-transfer papers. ``adamw``: AdamW (betas 0.9, 0.999), the
-    optimizer of every ViT recipe (DeiT, MAE fine-tuning, the ViT attention-transfer paper);
-    as there, biases and normalization weights (1-D parameters) get no weight decay.
+    ``sgd`` (also when unset): SGD with ``momentum`` (plain, not Nesterov), weight decay on
+    every parameter, the CNN recipes of the attention-transfer papers. ``adamw``: AdamW
+    (betas 0.9, 0.999), the optimizer of every ViT recipe (DeiT, MAE fine-tuning, the ViT
+    attention-transfer paper); as there, biases and normalization weights (1-D parameters)
+    get no weight decay.
     """
     name = cfg.get("optimizer") or "sgd"
     params = [p for p in params if p.requires_grad]
@@ -130,52 +129,29 @@ def make_optimizer(params: Sequence[nn.Parameter], cfg: Config | dict) -> torch.
     raise ValueError(f"unknown optimizer {name!r}: choose sgd or adamw")
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``.
+class EpochSums:
+    """Per-epoch sums on the device: loss terms, diagnostics, correct predictions."""
 
-    A crash mid-write leaves the previous file intact: the rename is atomic.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        import os
+    def __init__(self, device: torch.device):
+        self.losses: dict[str, torch.Tensor] = {}
+        self.diagnostics: dict[str, torch.Tensor] = {}
+        self.correct = torch.zeros((), device=device)
+        self.weights: dict[str, float] = {}
 
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    @staticmethod
+    def _add(sums: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+        value = value.detach().float()
+        sums[key] = sums[key] + value if key in sums else value.clone()
 
-
-@torch.no_grad()
-def evaluate(
-    predict: Callable[[torch.Tensor], torch.Tensor] | nn.Module,
-    loader: DeviceLoader,
-    precision: Precision | None = None,
-) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``predict`` (a model or ``method.predict``).
-
-    Returns ``{"acc": fraction in [0, 1], "loss": mean CE, "n": images}``.
-    """
-    module = predict if isinstance(predict, nn.Module) else getattr(predict, "__self__", None)
-    precision = precision or precision_for(loader.device)
-    correct = torch.zeros((), device=loader.device)
-    loss_sum = torch.zeros((), device=loader.device)
-    count = 0
-    with eval_mode(module):
-        for batch in loader:
-            images, labels = batch[0], batch[1]
-            with precision.autocast():
-                logits = predict(images)
-            logits = logits.float()
-            correct += (logits.argmax(1) == labels).sum()
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-            count += labels.numel()
-    return {
-        "acc": correct.item() / max(count, 1),
-        "loss": loss_sum.item() / max(count, 1),
-        "n": count,
-    }
+    def add(self, out: DistillOutput, loss: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.no_grad():
+            for key, value in out.loss_terms.items():
+                self._add(self.losses, key, value)
+            self._add(self.losses, "total", loss)
+            for key, value in out.diagnostics.items():
+                self._add(self.diagnostics, key, value)
+            self.correct += (out.logits.detach().argmax(1) == labels).sum()
+        self.weights = {k: float(out.weights.get(k, 1.0)) for k in out.loss_terms}
 
 
 def train_step(
@@ -185,14 +161,13 @@ def train_step(
     images: torch.Tensor,
     labels: torch.Tensor,
     lr: float,
-    sums: dict[str, torch.Tensor],
-    correct: torch.Tensor,
+    sums: EpochSums | None = None,
 ) -> DistillOutput:
     """One optimisation step: the body of :func:`fit`'s loop (the benchmark times this).
 
     Sets the learning rate, runs the method's forward under the precision policy,
-    back-propagates ``out.total`` and steps. Loss terms are added to ``sums`` and correct
-    predictions to ``correct`` on the device, so nothing waits for the host.
+    back-propagates ``out.total`` and steps. With ``sums``, loss terms, diagnostics and
+    correct predictions are added to it on the device, so nothing waits for the host.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -202,18 +177,14 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    with torch.no_grad():
-        for key, value in out.loss_terms.items():
-            value = value.detach().float()
-            sums[key] = sums[key] + value if key in sums else value.clone()
-        sums.setdefault("total", torch.zeros((), device=images.device))
-        sums["total"] += loss.detach().float()
-        correct += (out.logits.detach().argmax(1) == labels).sum()
+    if sums is not None:
+        sums.add(out, loss, labels)
     return out
 
 
-def _check_finite(sums: dict[str, torch.Tensor], epoch: int, step: int, steps: int) -> None:
-    bad = [k for k, v in sums.items() if not torch.isfinite(v).all()]
+def check_finite(sums: EpochSums, epoch: int, step: int, steps: int) -> None:
+    """Stop the run (:class:`NonFiniteLossError`) when a summed loss term is NaN or inf."""
+    bad = [k for k, v in sums.losses.items() if not torch.isfinite(v).all()]
     if bad:
         raise NonFiniteLossError(
             f"loss term(s) {', '.join(bad)} became NaN/inf in epoch {epoch + 1}, by step "
@@ -222,9 +193,128 @@ def _check_finite(sums: dict[str, torch.Tensor], epoch: int, step: int, steps: i
         )
 
 
-def _run_name(method: Distiller, cfg: Config) -> str:
-    arch = getattr(method.student, "arch", type(method.student).__name__)
-    return f"{method.name}-{arch}-{cfg['dataset']}-{cfg['profile']}-s{cfg['seed']}"
+# ----------------------------------------------------------------------------- run identity
+
+
+def _setting(method: Distiller, cfg: Config, precision: Precision) -> dict[str, Any]:
+    """What a run's weights depend on: a checkpoint resumes only under the same setting."""
+    setting = {k: cfg.get(k) for k in (*RECIPE_KEYS, "seed")}
+    if setting["optimizer"] == "sgd":
+        setting["optimizer"] = None  # the default, however it was written
+    teacher = getattr(method, "teacher", None)
+    setting.update(
+        method=method.name,
+        hparams=json.loads(json.dumps(method.hparams(), default=str)),
+        student=records.arch_name(method.student),
+        teacher=records.arch_name(teacher),
+        precision=precision.name,
+    )
+    return json.loads(json.dumps(setting, default=list))  # tuples as lists, as stored
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """A checkpoint, checked against the digest stored beside it; ValueError names the file."""
+    try:
+        paths.verify_digest(path)
+        return torch.load(path, map_location=device, weights_only=False)
+    except (paths.CorruptFileError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise paths.CorruptFileError(f"checkpoint {path} cannot be read ({exc})") from exc
+
+
+def _save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Keep the previous epoch's checkpoint, then write this one atomically with its digest."""
+    if path.exists():
+        path.replace(path.with_suffix(".prev.pt"))
+        digest = paths.digest_path(path)
+        if digest.exists():
+            digest.replace(paths.digest_path(path.with_suffix(".prev.pt")))
+    paths.atomic_write(path, lambda fh: torch.save(state, fh), digest=True)
+
+
+def _existing(
+    folder: Path, setting: dict[str, Any], device: torch.device, resume: bool | str, replace: bool
+) -> dict[str, Any] | None:
+    """The checkpoint to continue from (or to return, when finished), or None for a new run.
+
+    Raises RunExistsError for a run of another setting (or any run, with ``resume=False``)
+    unless ``replace``; a checkpoint that cannot be read is reported with the way to recover.
+    """
+    path = folder / CHECKPOINT
+    record = records.read_record(folder)
+    if replace or (not path.exists() and record is None):
+        return None
+    state = None
+    if path.exists():
+        try:
+            state = _load_checkpoint(path, device)
+        except paths.CorruptFileError as exc:
+            prev = path.with_suffix(".prev.pt")
+            fallback = None
+            if prev.exists():
+                with contextlib.suppress(paths.CorruptFileError):
+                    fallback = _load_checkpoint(prev, device)
+            if fallback is not None and resume:
+                warnings.warn(f"{exc}; resuming from the epoch before ({prev})", stacklevel=3)
+                state = fallback
+            elif resume == "auto":
+                warnings.warn(f"{exc}; starting this run afresh", stacklevel=3)
+                return None
+            else:
+                raise RunExistsError(
+                    f"{exc}. Train it again with replace=True (atcourse train --replace), or "
+                    f"delete {folder}"
+                ) from exc
+    saved = state["train_params"] if state is not None else (record or {}).get("setting") or {}
+    differ = _differences(saved, setting)
+    if differ:
+        raise RunExistsError(
+            f"cannot resume {folder}: its run was trained with different parameters {differ} "
+            "(saved, now); resume (--resume) continues only a run of the same setting. Use "
+            "replace=True (atcourse train --replace) to train over it, or another name "
+            "(--name) or run_dir to keep both."
+        )
+    if not resume:
+        done = "a finished" if record is not None and record.get("complete") else "an unfinished"
+        raise RunExistsError(
+            f"{folder} already holds {done} run of this setting: pass resume=True "
+            "(atcourse train --resume) to continue or return it, or replace=True "
+            "(atcourse train --replace) to train it again."
+        )
+    if state is None:
+        warnings.warn(
+            f"{folder} has a record but no checkpoint: training the run again", stacklevel=3
+        )
+    return state
+
+
+@contextlib.contextmanager
+def _run_lock(folder: Path, name: str, enabled: bool) -> Iterator[None]:
+    """One process per run folder; the second waits, then finds the first's run."""
+    if not enabled:
+        yield
+        return
+    waiting = f"waiting for run {name}: another process is training it"
+    with paths.file_lock(folder / ".lock", waiting=waiting):
+        yield
+
+
+def _finished(folder: Path, setting: dict[str, Any], resume: bool | str) -> bool:
+    """A finished run of the same setting, which can be returned without taking the lock."""
+    record = records.read_record(folder, warn=False)
+    return bool(
+        resume
+        and record is not None
+        and record.get("complete")
+        and (folder / CHECKPOINT).exists()
+        and not _differences(record.get("setting") or {}, setting)
+    )
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 def fit(
@@ -233,11 +323,14 @@ def fit(
     train_set: ImageDataset,
     test_set: ImageDataset | None = None,
     *,
+    val_set: ImageDataset | None = None,
+    label: str | None = None,
     name: str | None = None,
     run_dir: str | Path | None = None,
-    resume: bool | str = False,
+    resume: bool | str = "auto",
+    replace: bool = False,
     progress: bool = True,
-    callbacks: Sequence[Callable[[int, dict[str, float]], None]] = (),
+    callbacks: Sequence[EpochCallback] = (),
     record: bool = True,
 ) -> TrainResult:
     """Train ``method`` (its student and any parameters of its own) under ``cfg``.
@@ -245,22 +338,28 @@ def fit(
     Args:
         method: a :class:`~atcourse.distill.Distiller`; :class:`~atcourse.distill.Baseline`
             for a model trained alone.
-        cfg: the resolved configuration (:func:`atcourse.config.configure`); uses
-            ``epochs, batch_size, lr, momentum, weight_decay, schedule, milestones,
-            lr_decay, warmup_epochs, seed, device, precision`` and ``optimizer``
-            (:func:`make_optimizer`).
-        train_set, test_set: :class:`~atcourse.data.ImageDataset` (test may be None).
-        name: the run's name (default: method-arch-dataset-profile-seed).
+        cfg: the resolved configuration (:func:`atcourse.config.configure`); uses the
+            recipe (:data:`atcourse.config.RECIPE_KEYS`), ``seed``, ``device`` and
+            ``precision``.
+        train_set: the training split; test_set, val_set: evaluated after every epoch
+            (``test_acc``, ``val_acc`` in the history), each optional. Choices are made on
+            the validation split; the test split is for reported results.
+        label: the run's row in tables (default: the method's name).
+        name: the run's name (default: :func:`atcourse.records.run_name` of the label,
+            student, data set, profile and seed).
         run_dir: where checkpoint and record go (default ``runs/<name>``).
-        resume: ``True``: continue from ``run_dir/checkpoint.pt`` when it exists (a
-            finished run is returned as it is); its recipe, method, hyperparameters and
-            teacher must match, else ValueError. ``"auto"``: the same when they match,
-            a fresh run otherwise. ``False``: always a fresh run.
+        resume: what to do with a run already in the folder. ``"auto"`` or ``True``:
+            continue it from its checkpoint, or return it as it is when it has finished,
+            if it was trained under the same setting (recipe, seed, method, its
+            hyperparameters, student, teacher, precision); a run of another setting is
+            refused (:class:`RunExistsError`). ``False``: refuse any run already there.
+            Under ``"auto"`` an unreadable checkpoint starts the run afresh, with a warning.
+        replace: train a new run over whatever the folder holds.
         progress: show a progress bar.
         callbacks: called as ``fn(epoch, row)`` after each epoch's checkpoint is written.
-        record: write a run record (``record.json``) into the run folder. A recorded run
-            holds the folder's lock (``.lock``) while it trains: a second process asking
-            for the same run waits, then resumes or replaces it as ``resume`` says.
+        record: write a checkpoint and a run record into the run folder, holding the
+            folder's lock (``.lock``) while training: a second process asking for the same
+            run waits, then returns (or continues) the first's.
 
     Returns:
         :class:`TrainResult` with the per-epoch history and the final metrics.
@@ -270,186 +369,171 @@ def fit(
             f"fit() trains a Distiller, not {type(method).__name__}; wrap a plain model as "
             f"atcourse.distill.Baseline(model)"
         )
-    name = name or _run_name(method, cfg)
-    run_dir = Path(run_dir) if run_dir is not None else results.run_dir(name)
-    # One process per run folder: notebooks run in parallel (``atcourse run --jobs``) share
-    # run names, and two processes writing one checkpoint would corrupt each other's runs.
-    # The second waits, then resumes from (or, with resume=False, replaces) the first's run.
-    lock = (
-        paths.file_lock(run_dir / ".lock", waiting=f"waiting for run {name}: another process "
-                        "is training it")
-        if record else contextlib.nullcontext()
-    )  # fmt: skip
-    with lock:
-        return _fit(method, cfg, train_set, test_set, name, run_dir, resume, progress,
-                    callbacks, record)  # fmt: skip
-
-
-def _fit(
-    method: Distiller,
-    cfg: Config,
-    train_set: ImageDataset,
-    test_set: ImageDataset | None,
-    name: str,
-    run_dir: Path,
-    resume: bool | str,
-    progress: bool,
-    callbacks: Sequence[Callable[[int, dict[str, float]], None]],
-    record: bool,
-) -> TrainResult:
-    """The body of :func:`fit`, run while holding the run folder's lock."""
-    from tqdm.auto import tqdm
-
+    label = label or method.name
+    name = name or records.run_name(
+        label, records.arch_name(method.student), cfg["dataset"], cfg["profile"], cfg["seed"]
+    )
+    folder = Path(run_dir) if run_dir is not None else records.run_dir(name)
     precision = precision_for(cfg["device"], cfg.get("precision") or "auto")
-    device = precision.device
-    seed_everything(cfg["seed"])
+    setting = _setting(method, cfg, precision)
+    if record and not replace and _finished(folder, setting, resume):
+        state = _load_checkpoint(folder / CHECKPOINT, precision.device)  # read-only folders too
+        return _returned(method, precision, state, name, folder)
+    with _run_lock(folder, name, record):
+        state = _existing(folder, setting, precision.device, resume, replace) if record else None
+        run = _Run(method, cfg, precision, train_set, {"val": val_set, "test": test_set})
+        if state is not None:
+            run.restore(state)
+            if state["epoch"] + 1 >= cfg["epochs"]:
+                return _returned(method, precision, state, name, folder)
+        meta = records.run_meta(
+            name, method, cfg, label=label, task=train_set.name, device=precision.device,
+            precision=precision.name, setting=setting,
+        )  # fmt: skip
+        run.train(name, progress, callbacks, folder if record else None, meta)
+    return TrainResult(name, run.history, records.final_metrics(run.history),
+                       folder if record else None, method)  # fmt: skip
 
+
+def _returned(
+    method: Distiller, precision: Precision, state: dict[str, Any], name: str, folder: Path
+) -> TrainResult:
+    """A finished run, returned as it is: its weights loaded into ``method``."""
     method = precision.prepare(method)
-    params = method.trainable_parameters()
-    optimizer = make_optimizer(params, cfg)
-    train_loader = DeviceLoader(
-        train_set,
-        cfg["batch_size"],
-        train=True,
-        device=device,
-        seed=cfg["seed"],
-        channels_last=precision.channels_last,
-    )
-    test_loader = (
-        DeviceLoader(test_set, max(cfg["batch_size"], 256), train=False, device=device,
-                     channels_last=precision.channels_last)
-        if test_set is not None else None
-    )  # fmt: skip
-    steps = len(train_loader)
-    if steps == 0:
-        raise ValueError(
-            f"the training set ({len(train_set)} images) is smaller than one batch "
-            f"({cfg['batch_size']}): lower batch_size or raise train_size"
-        )
+    method.load_trainable_state(state["method"])
+    history = state["history"]
+    return TrainResult(name, history, records.final_metrics(history), folder, method)
 
-    train_params = {k: cfg.get(k) for k in TRAIN_KEYS}
-    if train_params["optimizer"] == "sgd":
-        train_params["optimizer"] = None  # the default: checkpoints from before the option match
-    # what is being trained matters as much as how: a checkpoint of another method, other
-    # hyperparameters or another teacher must never be resumed as if it were this run
-    teacher = getattr(method, "teacher", None)
-    train_params.update(
-        method=method.name,
-        hparams=json.loads(json.dumps(method.hparams(), default=str)),
-        student=getattr(method.student, "arch", type(method.student).__name__),
-        teacher=getattr(teacher, "arch", type(teacher).__name__) if teacher is not None else None,
-    )
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    ckpt_path = run_dir / "checkpoint.pt"
-    state = None
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        differ = {
-            k: (state["train_params"].get(k), v)
-            for k, v in train_params.items()
-            if _normalise(state["train_params"].get(k)) != _normalise(v)
-        }
-        if differ and resume == "auto":
-            state = None  # another run lived here: start afresh and overwrite it
-        elif differ:
+
+class _Run:
+    """One training run's state: the method on its device, optimizer, loaders, history."""
+
+    def __init__(
+        self,
+        method: Distiller,
+        cfg: Config,
+        precision: Precision,
+        train_set: ImageDataset,
+        eval_sets: dict[str, ImageDataset | None],
+    ):
+        self.cfg, self.precision = cfg, precision
+        device = precision.device
+        seed_everything(cfg["seed"])
+        self.method = precision.prepare(method)
+        self.optimizer = make_optimizer(self.method.trainable_parameters(), cfg)
+        self.loader = DeviceLoader(
+            train_set, cfg["batch_size"], train=True, device=device, seed=cfg["seed"],
+            channels_last=precision.channels_last,
+        )  # fmt: skip
+        if len(self.loader) == 0:
             raise ValueError(
-                f"cannot resume {run_dir}: its checkpoint was trained with different "
-                f"parameters {differ} (checkpoint, now). Use resume=False or another run_dir."
+                f"the training set ({len(train_set)} images) is smaller than one batch "
+                f"({cfg['batch_size']}): lower batch_size or raise train_size"
             )
-    if state is not None:
-        method.load_trainable_state(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
+        self.eval_loaders = {
+            split: DeviceLoader(data, max(cfg["batch_size"], 256), train=False, device=device,
+                                channels_last=precision.channels_last)
+            for split, data in eval_sets.items() if data is not None
+        }  # fmt: skip
+        self.history: list[dict[str, float]] = []
+        self.start_epoch = 0
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint: weights, optimizer, random state, history."""
+        self.method.load_trainable_state(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
+        device = self.precision.device
         if device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
-        history = state["history"]
-        start_epoch = state["epoch"] + 1
-    elif record:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        self.history = state["history"]
+        self.start_epoch = state["epoch"] + 1
 
-    meta = results.run_meta(
-        name, method, cfg, device=device, precision=precision.name, data=train_set.name
-    )
-    epochs = cfg["epochs"]
-    check_every = 1 if device.type == "cpu" else 50
-    bar = tqdm(
-        total=epochs * steps,
-        initial=start_epoch * steps,
-        desc=name,
-        disable=not progress,
-        unit="step",
-        leave=True,
-        dynamic_ncols=True,
-    )
-    timer_kind = "cuda events" if device.type == "cuda" else "perf_counter"
-    try:
-        for epoch in range(start_epoch, epochs):
-            method.train()
-            train_loader.set_epoch(epoch)
-            sums: dict[str, torch.Tensor] = {}
-            correct = torch.zeros((), device=device)
-            seen = 0
-            synchronize(device)
-            wall0 = time.perf_counter()
-            if device.type == "cuda":
-                ev0, ev1 = (
-                    torch.cuda.Event(enable_timing=True),
-                    torch.cuda.Event(enable_timing=True),
-                )
-                ev0.record()
-            for step, (images, labels) in enumerate(train_loader):
-                lr = lr_at(cfg, epoch + step / steps)
-                out = train_step(method, optimizer, precision, images, labels, lr, sums, correct)
-                seen += labels.numel()
-                if step % check_every == 0 or step == steps - 1:
-                    _check_finite(sums, epoch, step, steps)
-                bar.update(1)
-            if device.type == "cuda":
-                ev1.record()
-                ev1.synchronize()
-                train_time = ev0.elapsed_time(ev1) / 1000.0
-            else:
-                train_time = time.perf_counter() - wall0
-            row: dict[str, float] = {"epoch": epoch + 1, "lr": lr_at(cfg, epoch + 1 - 1e-9)}
-            for key, value in sums.items():
-                row[f"loss_{key}"] = value.item() / steps
-            row["train_acc"] = correct.item() / seen
-            row["images_per_s"] = seen / train_time
-            row["train_time_s"] = train_time
-            if test_loader is not None:
-                metrics = evaluate(method.predict, test_loader, precision)
-                row["test_acc"], row["test_loss"] = metrics["acc"], metrics["loss"]
-                method.train()
-            row["wall_time_s"] = time.perf_counter() - wall0
-            row["weights"] = dict(out.weights)  # type: ignore[assignment]
-            history.append(row)
-            method.on_epoch_end(epoch, {k: v for k, v in row.items() if k.startswith("loss_")})
-            state = {
-                "epoch": epoch, "method": method.trainable_state(),
-                "optimizer": optimizer.state_dict(), "history": history,
-                "train_params": train_params, "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            }  # fmt: skip
-            if record:
-                atomic_save(state, ckpt_path)
-                results.write_record(
-                    run_dir, meta, history, complete=epoch + 1 == epochs, timer=timer_kind
-                )
-            postfix = {"loss": f"{row['loss_total']:.3f}", "train": f"{row['train_acc']:.1%}"}
-            if "test_acc" in row:
-                postfix["test"] = f"{row['test_acc']:.1%}"
-            bar.set_postfix(postfix, refresh=True)
-            for fn in callbacks:
-                fn(epoch, row)
-    finally:
-        bar.close()
+    def state(self, epoch: int) -> dict[str, Any]:
+        device = self.precision.device
+        return {
+            "epoch": epoch, "method": self.method.trainable_state(),
+            "optimizer": self.optimizer.state_dict(), "history": self.history,
+            "train_params": self.meta["setting"], "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        }  # fmt: skip
 
-    final = results.final_metrics(history)
-    return TrainResult(
-        name=name, history=history, final=final, run_dir=run_dir if record else None, method=method
-    )
+    def train(
+        self,
+        name: str,
+        progress: bool,
+        callbacks: Sequence[EpochCallback],
+        folder: Path | None,
+        meta: dict[str, Any],
+    ) -> None:
+        """Epochs from the first not yet trained to the last, each checkpointed and recorded."""
+        from tqdm.auto import tqdm
+
+        self.meta = meta
+        epochs, steps = self.cfg["epochs"], len(self.loader)
+        bar = tqdm(total=epochs * steps, initial=self.start_epoch * steps, desc=name,
+                   disable=not progress, unit="step", leave=True, dynamic_ncols=True)  # fmt: skip
+        timer = "cuda events" if self.precision.device.type == "cuda" else "perf_counter"
+        try:
+            for epoch in range(self.start_epoch, epochs):
+                row = self.train_epoch(epoch, bar)
+                for split, loader in self.eval_loaders.items():
+                    scores = evaluate(self.method.predict, loader, self.precision)
+                    row[f"{split}_acc"], row[f"{split}_loss"] = scores["acc"], scores["loss"]
+                row["wall_time_s"] = time.perf_counter() - row.pop("_wall0")
+                self.history.append(row)
+                terms = {k[len("loss_") :]: v for k, v in row.items() if k.startswith("loss_")}
+                self.method.on_epoch_end(epoch, terms)
+                if folder is not None:
+                    _save_checkpoint(self.state(epoch), folder / CHECKPOINT)
+                    records.write_record(folder, meta, self.history,
+                                         complete=epoch + 1 == epochs, timer=timer)  # fmt: skip
+                bar.set_postfix(_postfix(row), refresh=True)
+                for fn in callbacks:
+                    fn(epoch, row)
+        finally:
+            bar.close()
+
+    def train_epoch(self, epoch: int, bar: Any) -> dict[str, float]:
+        """One pass over the training set: the row of the history, without evaluation."""
+        device, steps = self.precision.device, len(self.loader)
+        check_every = 1 if device.type == "cpu" else 50
+        self.method.train()
+        self.loader.set_epoch(epoch)
+        sums = EpochSums(device)
+        seen = 0
+        synchronize(device)
+        wall0 = time.perf_counter()
+        if device.type == "cuda":
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+        for step, (images, labels) in enumerate(self.loader):
+            lr = lr_at(self.cfg, epoch + step / steps)
+            train_step(self.method, self.optimizer, self.precision, images, labels, lr, sums)
+            seen += labels.numel()
+            if step % check_every == 0 or step == steps - 1:
+                check_finite(sums, epoch, step, steps)
+            bar.update(1)
+        if device.type == "cuda":
+            end.record()
+            end.synchronize()
+            train_time = start.elapsed_time(end) / 1000.0
+        else:
+            train_time = time.perf_counter() - wall0
+        row: dict[str, float] = {"epoch": epoch + 1, "lr": lr_at(self.cfg, epoch + 1 - 1e-9)}
+        row.update({f"loss_{k}": v.item() / steps for k, v in sums.losses.items()})
+        row.update({f"weight_{k}": w for k, w in sums.weights.items()})
+        row.update({f"diag_{k}": v.item() / steps for k, v in sums.diagnostics.items()})
+        row["train_acc"] = sums.correct.item() / seen
+        row["images_per_s"] = seen / train_time
+        row["train_time_s"] = train_time
+        row["_wall0"] = wall0
+        return row
 
 
-def _normalise(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+def _postfix(row: dict[str, float]) -> dict[str, str]:
+    shown = {"loss": f"{row['loss_total']:.3f}", "train": f"{row['train_acc']:.1%}"}
+    for split in ("val", "test"):
+        if f"{split}_acc" in row:
+            shown[split] = f"{row[f'{split}_acc']:.1%}"
+    return shown

@@ -125,14 +125,13 @@ def test_at_method_terms(pair):
     method = build_method("at", student, teacher)
     assert isinstance(method, AT) and method.beta == CODE_BETA
     out = method(*BATCH)
-    assert {"ce", "at"} <= set(out.loss_terms)
+    assert set(out.loss_terms) == {"ce", "at"}
     assert all(torch.isfinite(v) for v in out.loss_terms.values())
     assert out.weights["ce"] == 1.0 and out.weights["at"] == CODE_BETA
-    per_layer = [k for k in out.loss_terms if k.startswith("at/")]
+    per_layer = list(out.diagnostics)
     assert per_layer == ["at/group0", "at/group1", "at/group2"]
-    # Per-layer terms are logged only: weight 0, and they add up to "at".
-    assert all(out.weights[k] == 0.0 for k in per_layer)
-    assert sum(out.loss_terms[k] for k in per_layer).item() == pytest.approx(
+    # Per-layer terms are diagnostics: never summed, and they add up to "at".
+    assert sum(out.diagnostics[k] for k in per_layer).item() == pytest.approx(
         out.loss_terms["at"].item(), rel=1e-5
     )
     expected = out.loss_terms["ce"] + CODE_BETA * out.loss_terms["at"]

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from atcourse import bench
-from atcourse.distill import METHODS
 
 TINY = dict(models=("wrn_10_1",), teacher="wrn_10_1", batch_size=16, steps=2, warmup=1,
             device="cpu", data_size=64, progress=False)  # fmt: skip
@@ -23,8 +22,7 @@ def _tmp_roots(data_root, tmp_path, monkeypatch):
 
 
 def _methods():
-    bench.available_methods()  # imports every method module, so METHODS is complete
-    return ("baseline", "kd") if "kd" in METHODS else ("baseline",)
+    return ("baseline", "kd")
 
 
 def test_run_bench_reports_every_configuration(tmp_path):
@@ -86,12 +84,16 @@ def test_unknown_names_list_the_valid_ones(capsys):
     assert "unknown method 'nope'" in capsys.readouterr().err
 
 
-def test_unregistered_course_methods_are_skipped_not_fatal(monkeypatch):
-    monkeypatch.setattr(bench, "available_methods", lambda: ["baseline"])
-    _, skipped = bench._validate(["wrn_10_1"], ["baseline", "gradient_at"], "wrn_16_2")
+def test_double_backward_methods_are_skipped_under_compile():
+    run, skipped = bench._plan(["wrn_10_1"], ["kd", "gradient_at"], "wrn_16_2", compile=True)
+    assert run == ["baseline", "kd"]
     assert skipped == [
-        {"method": "gradient_at", "reason": "not registered in atcourse.distill yet"}
+        {"method": "gradient_at", "reason": "double backward is not supported under torch.compile"}
     ]
+    assert bench._plan(["wrn_10_1"], ["gradient_at"], "wrn_16_2", compile=False) == (
+        ["baseline", "gradient_at"],
+        [],
+    )
 
 
 def test_every_flag_has_help():

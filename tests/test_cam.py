@@ -9,11 +9,10 @@ from torch import nn
 
 from atcourse import configure, fit, load_dataset
 from atcourse import exercises as ex
-from atcourse.config import PARAMS
+from atcourse.config import parameters
 from atcourse.distill import (
     CAT_KD_PAIRS,
     CATKD,
-    CAMHead,
     binarize_cams,
     build_method,
     cam_alignment,
@@ -23,10 +22,9 @@ from atcourse.distill import (
     forward_cams,
     hparams_from_config,
     select_classes,
-    with_cam_head,
 )
-from atcourse.distill.cam import DEFAULT_BETA, DEFAULT_NORMALIZED_BETA
-from atcourse.models import Taps, available, build, tap_points
+from atcourse.distill.cat_kd import DEFAULT_BETA, DEFAULT_NORMALIZED_BETA
+from atcourse.models import CAMHead, Taps, available, build, tap_points, with_cam_head
 
 
 def test_cam_by_hand() -> None:
@@ -296,7 +294,7 @@ def test_catkd_binarized_partial_and_presets() -> None:
 
 
 def test_catkd_presets_match_the_config_choices() -> None:
-    assert tuple(CAT_KD_PAIRS) == PARAMS["cat_pair"].choices
+    assert tuple(CAT_KD_PAIRS) == parameters()["cat_pair"].choices
     assert CAT_KD_PAIRS["resnet32x4/resnet8x4"].beta == 15.0
     assert CAT_KD_PAIRS["wrn_40_2/wrn_16_2"].beta == 12.0
 
@@ -316,7 +314,7 @@ def test_catkd_bad_arguments_leave_the_models_untouched() -> None:
     assert isinstance(student.fc, nn.Linear) and student.fc.weight.requires_grad
     with pytest.raises(ValueError, match="10 classes and the teacher 5"):
         CATKD(build("wrn_16_1"), build("wrn_16_2", num_classes=5))
-    with pytest.raises(ValueError, match="always binarizes"):
+    with pytest.raises(ValueError, match="fixes cam_binarize=True"):
         build_method("cat_kd_bin", *_pair(), cam_binarize=False)
 
 
@@ -341,7 +339,7 @@ def test_catkd_trains_and_resumes(tmp_path) -> None:
     result = fit(method, cfg, train_set, test_set, run_dir=tmp_path / "run", progress=False)
     row = result.history[-1]
     assert {"loss_ce", "loss_cat", "test_acc"} <= set(row)
-    assert row["weights"]["cat"] == 1.0
+    assert row["weight_cat"] == 1.0
     again = build_method("cat_kd", *_pair(), beta=1.0)
     resumed = fit(again, cfg, train_set, test_set, run_dir=tmp_path / "run", resume=True,
                   progress=False)  # fmt: skip

@@ -3,63 +3,11 @@
 import json
 import re
 
-import pytest
-
 from atcourse import cli
 
 
-def _notebook(path, params_src, body_src):
-    nb = {
-        "cells": [
-            {
-                "cell_type": "code",
-                "id": "params",
-                "metadata": {"tags": ["parameters"]},
-                "source": params_src,
-                "outputs": [],
-                "execution_count": None,
-            },
-            {
-                "cell_type": "code",
-                "id": "body",
-                "metadata": {},
-                "source": body_src,
-                "outputs": [],
-                "execution_count": None,
-            },
-        ],
-        "metadata": {
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    path.write_text(json.dumps(nb))
-    return path
-
-
-def test_notebook_parameters_reads_literals(tmp_path):
-    nb = _notebook(tmp_path / "a.ipynb", 'profile = "lab"\nseed = 0\nbeta = 1e3\n', "pass")
-    assert cli.notebook_parameters(nb) == {"profile": "lab", "seed": 0, "beta": 1000.0}
-
-
-def test_notebook_without_parameters_cell_is_an_error(tmp_path):
-    nb = tmp_path / "x.ipynb"
-    nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-    with pytest.raises(cli.CLIError, match="no cell tagged 'parameters'"):
-        cli.notebook_parameters(nb)
-
-
-def test_parse_assignment():
-    assert cli.parse_assignment("beta=1e3") == ("beta", 1000.0)
-    assert cli.parse_assignment("dataset=cifar10") == ("dataset", "cifar10")
-    assert cli.parse_assignment("sweep=[1, 2]") == ("sweep", [1, 2])
-    with pytest.raises(cli.CLIError, match="key=value"):
-        cli.parse_assignment("beta")
-
-
-def test_unknown_parameter_fails_before_running(tmp_path, capsys):
-    nb = _notebook(
+def test_unknown_parameter_fails_before_running(tmp_path, capsys, make_notebook):
+    nb = make_notebook(
         tmp_path / "a.ipynb", 'profile = "lab"\nseed = 0\n', "raise SystemExit('must not run')"
     )
     code = cli.main(["run", str(nb), "-p", "betta=3"])
@@ -67,8 +15,8 @@ def test_unknown_parameter_fails_before_running(tmp_path, capsys):
     assert code == 2 and "no parameter 'betta'" in err and "profile, seed" in err
 
 
-def test_bad_value_fails_before_running(tmp_path, capsys):
-    nb = _notebook(tmp_path / "a.ipynb", 'profile = "lab"\nseed = 0\n', "pass")
+def test_bad_value_fails_before_running(tmp_path, capsys, make_notebook):
+    nb = make_notebook(tmp_path / "a.ipynb", 'profile = "lab"\nseed = 0\n', "pass")
     assert cli.main(["run", str(nb), "--seeds", "0,x"]) == 2
     assert cli.main(["run", str(nb), "-p", "seed=-3"]) == 2
     assert "seed" in capsys.readouterr().err
@@ -81,9 +29,11 @@ def _printed(path):
     )
 
 
-def test_run_executes_reports_and_keeps_going_after_a_failure(tmp_path, capsys):
-    good = _notebook(tmp_path / "good.ipynb", "seed = 0\n", "print('seed', seed)")
-    bad = _notebook(tmp_path / "bad.ipynb", "seed = 0\n", "raise ValueError('broken on purpose')")
+def test_run_executes_reports_and_keeps_going_after_a_failure(tmp_path, capsys, make_notebook):
+    good = make_notebook(tmp_path / "good.ipynb", "seed = 0\n", "print('seed', seed)")
+    bad = make_notebook(
+        tmp_path / "bad.ipynb", "seed = 0\n", "raise ValueError('broken on purpose')"
+    )
     out = tmp_path / "out"
     code = cli.main(["run", str(bad), str(good), "--seeds", "1", "--output", str(out)])
     text = capsys.readouterr().out
@@ -96,59 +46,10 @@ def test_run_executes_reports_and_keeps_going_after_a_failure(tmp_path, capsys):
     assert job["status"] == "FAILED" and "broken on purpose" in job["error"]
 
 
-def test_sweep_expansion(tmp_path):
-    nb = _notebook(
-        tmp_path / "a.ipynb",
-        'profile = "lab"\nseed = 0\nbeta = None\nat_mode = "code"\nmilestones = None\n',
-        "pass",
-    )
-    jobs = cli.expand_jobs(
-        [nb], ["beta=1e2,1e3", "at_mode=code,paper", "milestones=0.3,0.6"], [0, 1],
-        {"profile": "smoke"},
-    )  # fmt: skip
-    assert len(jobs) == 2 * 2 * 2  # beta x at_mode x seeds; milestones is one tuple
-    first = jobs[0]
-    assert first.params == {
-        "profile": "smoke", "beta": 100.0, "at_mode": "code", "milestones": (0.3, 0.6), "seed": 0,
-    }  # fmt: skip
-    assert first.name == "a-beta=100-at_mode=code-s0"
-    assert first.variant == "beta=100-at_mode=code-milestones=0.3,0.6"
-    assert [j.name for j in jobs[:3]] == [
-        "a-beta=100-at_mode=code-s0", "a-beta=100-at_mode=code-s1", "a-beta=100-at_mode=paper-s0",
-    ]  # fmt: skip
-    assert {(j.params["beta"], j.params["at_mode"], j.params["seed"]) for j in jobs} == {
-        (b, m, s) for b in (100.0, 1000.0) for m in ("code", "paper") for s in (0, 1)
-    }
-    knob = _notebook(tmp_path / "k.ipynb", "seed = 0\nskip = []\nbeta = None\n", "pass")
-    only_view = cli.expand_jobs([knob], ["skip=kd,at"])  # a notebook knob: shared runs
-    assert len(only_view) == 1 and only_view[0].params["skip"] == ("kd", "at")
-    assert only_view[0].variant is None
-    plain = cli.expand_jobs([nb], [], [3])
-    assert plain[0].name == "a-s3" and plain[0].variant is None and plain[0].params == {"seed": 3}
-    bracket = cli.expand_jobs([nb], ["beta=[1, 2, 3]"])
-    assert [j.params["beta"] for j in bracket] == [1.0, 2.0, 3.0] or [
-        j.params["beta"] for j in bracket
-    ] == [1, 2, 3]
-
-
-def test_sweep_errors_name_the_rule(tmp_path):
-    nb = _notebook(
-        tmp_path / "a.ipynb", 'profile = "lab"\nseed = 0\nbeta = None\nmilestones = None\n', "pass"
-    )
-    with pytest.raises(cli.CLIError, match="--seeds"):
-        cli.expand_jobs([nb], ["seed=1,2"])
-    with pytest.raises(cli.CLIError, match="one job per value"):
-        cli.expand_jobs([nb], ["beta=1e3,-1"])
-    with pytest.raises(cli.CLIError, match="takes a tuple.*no grid over tuple"):
-        cli.expand_jobs([nb], ["milestones=0.3,2.0"])
-    with pytest.raises(cli.CLIError, match="given twice"):
-        cli.expand_jobs([nb], ["profile=smoke"], base={"profile": "lab"})
-
-
-def test_resume_skips_finished_jobs(tmp_path, capsys):
+def test_resume_skips_finished_jobs(tmp_path, capsys, make_notebook):
     counter = tmp_path / "count.txt"
     body = f"with open({str(counter)!r}, 'a') as fh:\n    fh.write(f'{{seed}}\\n')"
-    nb = _notebook(tmp_path / "c.ipynb", "seed = 0\n", body)
+    nb = make_notebook(tmp_path / "c.ipynb", "seed = 0\n", body)
     out = tmp_path / "out"
     args = ["run", str(nb), "--seeds", "0,1", "--output", str(out), "--resume"]
     assert cli.main(args) == 0
@@ -175,14 +76,16 @@ print("cached", t.zoo_info["cached"], "threads", os.environ.get("OMP_NUM_THREADS
 """
 
 
-def test_parallel_jobs_share_one_teacher(tmp_path, monkeypatch, capsys):
+def test_parallel_jobs_share_one_teacher(tmp_path, monkeypatch, capsys, make_notebook):
     # Two notebooks at once ask the zoo for the same teacher: it is trained once, and each
     # kernel gets its share of the CPU threads (the --threads given here).
     monkeypatch.setenv("ATCOURSE_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("ATCOURSE_RUNS", str(tmp_path / "runs"))
     monkeypatch.delenv("ATCOURSE_PROFILE", raising=False)
-    nbs = [_notebook(tmp_path / f"t{i}.ipynb", "seed = 0\n", _TEACHER_BODY) for i in (1, 2)]
-    bad = _notebook(tmp_path / "bad.ipynb", "seed = 0\n", "raise ValueError('broken on purpose')")
+    nbs = [make_notebook(tmp_path / f"t{i}.ipynb", "seed = 0\n", _TEACHER_BODY) for i in (1, 2)]
+    bad = make_notebook(
+        tmp_path / "bad.ipynb", "seed = 0\n", "raise ValueError('broken on purpose')"
+    )
     out = tmp_path / "out"
     argv = ["run", str(bad), *map(str, nbs), "--jobs", "2", "--threads", "1", "--output", str(out)]
     assert cli.main(argv) == 1  # the failure is in the exit status...
@@ -202,10 +105,10 @@ def test_unknown_notebook_name_lists_choices(capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_student_command_writes_editions(tmp_path, capsys):
+def test_student_command_writes_editions(tmp_path, capsys, make_notebook):
     src = tmp_path / "nb"
     src.mkdir()
-    _notebook(
+    make_notebook(
         src / "01_x.ipynb",
         "seed = 0\n",
         "def f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION\n",

@@ -217,7 +217,7 @@ def test_method_trains_a_step_with_batch_norm_under_autocast(wrns):
 def test_flip_modes_train_a_step(wrns, mode):
     student = copy.deepcopy(wrns[0])
     teacher = copy.deepcopy(wrns[1]) if mode == "both" else None
-    method = build_method("gradient_at", student, teacher, mode=mode, beta=4.0, flip_beta=2.0)
+    method = build_method(f"gradient_at_{mode}", student, teacher, beta=4.0, flip_beta=2.0)
     out_weights = method(IMAGES, LABELS).weights
     expected = {"ce": 1.0, "flip": 1.0, **({"grad_at": 2.0} if mode == "both" else {})}
     assert out_weights == expected
@@ -240,16 +240,22 @@ def test_weights_registry_and_errors(wrns):
     assert out.total.item() == pytest.approx(expected.item(), rel=1e-6)
     assert method.hparams() == {"beta": 6.0, "mode": "teacher", "flip_beta": 6.0}
 
-    assert METHODS["gradient_at"].cls is GradientAT
-    assert METHODS["gradient_at"].needs_teacher  # the default mode compares with a teacher
-    flip_only = build_method("gradient_at", copy.deepcopy(student), mode="flip")
-    assert flip_only.teacher is None
-    dropped = build_method("gradient_at", copy.deepcopy(student), copy.deepcopy(teacher),
-                           mode="flip")  # fmt: skip
-    assert dropped.teacher is None  # given but unused: not held
+    # each mode is a method of its own, registered the same way
+    for name, mode in (("gradient_at", "teacher"), ("gradient_at_flip", "flip"),
+                       ("gradient_at_both", "both")):  # fmt: skip
+        assert METHODS[name].cls is GradientAT and METHODS[name].fixed == {"mode": mode}
+        assert METHODS[name].needs_teacher == (mode != "flip")
+        assert METHODS[name].double_backward
+    flip_only = build_method("gradient_at_flip", copy.deepcopy(student))
+    assert flip_only.teacher is None and flip_only.name == "gradient_at_flip"
+    assert GradientAT(copy.deepcopy(student), copy.deepcopy(teacher), mode="flip").teacher is None
+    with pytest.raises(ValueError, match="trains without a teacher"):
+        build_method("gradient_at_flip", copy.deepcopy(student), copy.deepcopy(teacher))
+    with pytest.raises(ValueError, match="fixes mode='teacher'"):
+        build_method("gradient_at", copy.deepcopy(student), copy.deepcopy(teacher), mode="flip")
     for mode in ("teacher", "both"):
         with pytest.raises(ValueError, match="needs teacher"):
-            build_method("gradient_at", copy.deepcopy(student), mode=mode)
+            GradientAT(copy.deepcopy(student), mode=mode)
     with pytest.raises(ValueError, match="mode must be one of"):
         GradientAT(student, teacher, mode="mirror")
     fresh_teacher = copy.deepcopy(wrns[1]).train()
@@ -257,3 +263,7 @@ def test_weights_registry_and_errors(wrns):
         GradientAT(student, fresh_teacher, beta=-1.0)
     assert fresh_teacher.training  # a bad argument leaves the teacher as it was
     assert hparams_from_config("gradient_at", {"beta": 8.0}) == {"beta": 8.0}
+    # AT's mode knob (at_mode) never reaches gradient AT
+    assert hparams_from_config("gradient_at_flip", {"at_mode": "paper", "beta": 1.0}) == {
+        "beta": 1.0
+    }

@@ -9,24 +9,26 @@ import torch
 import torch.nn.functional as F
 
 from atcourse import config, distill
+from atcourse.bench import materialization_cost
 from atcourse.data import DeviceLoader, load_dataset
-from atcourse.distill import build_method, hparams_from_config
+from atcourse.distill import FineTune, build_method, hparams_from_config
 from atcourse.distill.vit_attention import (
     AttentionCopy,
     AttentionDistillation,
-    FineTune,
     attention_agreement,
     attention_distillation_loss,
     attention_overlap,
+    default_distill_layers,
+)
+from atcourse.metrics import evaluate
+from atcourse.models import build
+from atcourse.models.vit_maps import (
     attention_probs,
     attention_rollout,
     cls_attention,
-    default_distill_layers,
-    materialization_cost,
     resolve_layers,
 )
-from atcourse.models import build
-from atcourse.train import evaluate, fit
+from atcourse.train import fit
 
 
 @pytest.fixture(autouse=True)
@@ -212,9 +214,9 @@ def test_distillation_materializes_only_the_distilled_layers():
     out = method(_images(), torch.tensor([0, 1]))
     assert seen["student"] == [False, True, True, False]
     assert seen["teacher"] == [False, True, True, False]
-    assert set(out.loss_terms) == {"ce", "attn", "attn/1", "attn/2"}
-    assert out.weights["attn"] == 3.0 and out.weights["attn/1"] == 0.0
-    summed = out.loss_terms["attn/1"] + out.loss_terms["attn/2"]
+    assert set(out.loss_terms) == {"ce", "attn"} and set(out.diagnostics) == {"attn/1", "attn/2"}
+    assert out.weights["attn"] == 3.0
+    summed = out.diagnostics["attn/1"] + out.diagnostics["attn/2"]
     torch.testing.assert_close(out.loss_terms["attn"].detach(), summed)
     # no tap is left behind: the next forward is fused everywhere
     assert not any(a.explicit for a in student.attention_layers())

@@ -33,47 +33,36 @@ equation numbers (1)-(4) are this module's and notebook 05's labels, not the pap
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import Param
 from ..models import Taps, tap_points
-from . import register
+from ..models.cam_head import classifier_name
+from .afb import (
+    ALIGNS,
+    GRADIENTS,
+    MERGES,
+    THRESHOLDS,
+    afb_loss,
+    align_features,
+    binary_mask,
+    check_choice,
+    class_maps,
+    merge_mask,
+    pool_to,
+)
 from .base import Distiller, DistillOutput
-from .cam import _classifier_name as _cam_classifier_name
-from .cam import binarize_cams, class_activation_maps
+from .cam import class_activation_maps
+from .loss_weights import AdaptiveLossWeights
+from .registry import register
 
-__all__ = [
-    "binary_mask",
-    "class_maps",
-    "attentional_feature_block",
-    "align_features",
-    "afb_loss",
-    "loss_decay_weights",
-    "AdaptiveLossWeights",
-    "AFTKD",
-    "THRESHOLDS",
-    "GRADIENTS",
-    "MERGES",
-    "ALIGNS",
-    "CAM_SOURCES",
-    "CAM_CLASSES",
-    "SOURCES",
-    "WEIGHTINGS",
-]
+__all__ = ["AFTKD", "CAM_SOURCES", "CAM_CLASSES", "SOURCES", "WEIGHTINGS"]
 
-#: Binarization thresholds, per map: above mean |CAM| (``binarize_cams``), above the
-#: map's mean, or above zero (positive class evidence).
-THRESHOLDS = ("mean_abs", "mean", "zero")
-#: How gradients pass the binarization: not at all, or straight through (identity).
-GRADIENTS = ("none", "ste")
-#: How the one-channel mask meets the C feature channels: added to each, or stacked.
-MERGES = ("add", "concat")
-#: How teacher and student features of different width are brought together.
-ALIGNS = ("conv", "pool")
 #: Where the 1x1 convolution's weights come from.
 CAM_SOURCES = ("classifier", "learned")
 #: Which class's map becomes the mask: the label's, or the teacher's top-1 class.
@@ -84,276 +73,9 @@ SOURCES = ("preact", "features")
 WEIGHTINGS = ("adaptive", "fixed")
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
-# --------------------------------------------------------------------------- the block
-
-
-def binary_mask(cams: Tensor, threshold: str = "mean_abs", gradient: str = "none") -> Tensor:
-    """Binary(.) of Eq. (1): 1 where a map exceeds its threshold, else 0.
-
-    Args:
-        cams: maps [..., H, W] (e.g. one class map per image, [B, 1, H, W]).
-        threshold: per map, over its H x W positions: ``"mean_abs"`` (above mean |CAM|,
-            :func:`~atcourse.distill.cam.binarize_cams`, CAT-KD's binarized variant),
-            ``"mean"`` (above the map's own mean) or ``"zero"`` (positive evidence only).
-        gradient: ``"none"``: the step has zero gradient almost everywhere, so the mask is
-            a constant (detached); ``"ste"``: the clipped straight-through estimator
-            (Bengio, Leonard, Courville 2013; clipped as in Hubara et al. 2016, binarized
-            networks): the forward value is the binary mask, and the backward pass treats
-            the step as the identity within one unit of the threshold,
-            d mask / d cams = 1 where |cams - threshold| <= 1, and as flat beyond.
-
-    The clipping matters. With the plain identity, a position far on one side of the
-    threshold keeps receiving a gradient although moving it cannot change the mask, so
-    the map (and the 1x1 convolution behind it) drifts without bound: wrn_16_1 learning
-    from wrn_16_2 on ``shapes`` (``lab`` profile) diverged to NaN in its second epoch.
-
-    Returns:
-        A float tensor of zeros and ones, the shape and dtype of ``cams``.
-    """
-    _check_choice("threshold", threshold, THRESHOLDS)
-    _check_choice("gradient", gradient, GRADIENTS)
-    if cams.dim() < 2:
-        raise ValueError(f"expected maps [..., H, W], got shape {tuple(cams.shape)}")
-    values = cams.detach()
-    if threshold == "mean_abs":
-        hard = binarize_cams(cams)
-        level = values.abs().mean(dim=(-2, -1), keepdim=True)  # binarize_cams' threshold
-    else:
-        level = values.mean(dim=(-2, -1), keepdim=True) if threshold == "mean" else 0.0
-        hard = (values > level).to(cams.dtype)
-    if gradient == "ste":
-        window = ((values - level).abs() <= 1).to(cams.dtype)
-        # forward: exactly ``hard`` (x - x is 0); backward: ``window`` into ``cams``
-        return hard + (cams - cams.detach()) * window
-    return hard
-
-
-def class_maps(cams: Tensor, classes: Tensor) -> Tensor:
-    """One map per image: ``cams[b, classes[b]]``, [B, K, H, W], [B] -> [B, 1, H, W]."""
-    if cams.dim() != 4 or classes.shape != cams.shape[:1]:
-        raise ValueError(
-            f"expected cams [B, K, H, W] and classes [B], got {tuple(cams.shape)} and "
-            f"{tuple(classes.shape)}"
-        )
-    index = classes.long().view(-1, 1, 1, 1).expand(-1, 1, *cams.shape[-2:])
-    return cams.gather(1, index)  # [B, 1, H, W]
-
-
-def attentional_feature_block(
-    preact: Tensor,
-    cam_weight: Tensor,
-    classes: Tensor,
-    *,
-    threshold: str = "mean_abs",
-    gradient: str = "none",
-    merge: str = "add",
-) -> Tensor:
-    """The attentional feature block, Eq. (1)-(2): ``Binary(Conv1x1(PreF)) + ReLU(PreF)``.
-
-    Conv1x1 with weights ``cam_weight`` [K, C] maps PreF to K class activation maps
-    (:func:`~atcourse.distill.cam.class_activation_maps`); the map of each image's class
-    ``classes[b]`` is binarized (:func:`binary_mask`) into a one-channel mask [B, 1, H, W]
-    and merged with the C channels of ReLU(PreF).
-
-    Args:
-        preact: pre-activation features PreF [B, C, H, W] (for post-activation features
-            ReLU is the identity and the CAM is Zhou et al.'s).
-        cam_weight: the 1x1 convolution's weights, [K, C] (or [K, C, 1, 1]).
-        classes: the class whose map becomes the mask, [B] (int).
-        threshold, gradient: as in :func:`binary_mask`.
-        merge: ``"add"``: the mask is added to every channel (Eq. (2)'s "+", broadcast over
-            C), [B, C, H, W]; ``"concat"``: it is stacked as one more channel, [B, C+1, H, W].
-
-    Returns:
-        The AFB, [B, C, H, W] (``"add"``) or [B, C + 1, H, W] (``"concat"``).
-    """
-    _check_choice("merge", merge, MERGES)
-    mask = binary_mask(class_maps(class_activation_maps(preact, cam_weight), classes),
-                       threshold, gradient)  # fmt: skip
-    return _merge(F.relu(preact), mask, merge)
-
-
-def _merge(features: Tensor, mask: Tensor, merge: str) -> Tensor:
-    if merge == "add":
-        return features + mask  # [B, C, H, W] + [B, 1, H, W], broadcast over channels
-    return torch.cat([features, mask], dim=1)  # [B, C + 1, H, W]
-
-
-def _pool_channels(x: Tensor, channels: int) -> Tensor:
-    """Average adjacent channels in blocks: [B, C, H, W] -> [B, channels, H, W]."""
-    if x.shape[1] == channels:
-        return x
-    b, c, h, w = x.shape
-    flat = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # [B, H*W, C]
-    pooled = F.adaptive_avg_pool1d(flat, channels)  # [B, H*W, channels]
-    return pooled.reshape(b, h, w, channels).permute(0, 3, 1, 2)
-
-
-def _pool_spatial(x: Tensor, size: tuple[int, int]) -> Tensor:
-    return x if x.shape[-2:] == size else F.adaptive_avg_pool2d(x, size)
-
-
-def align_features(
-    student: Tensor, teacher: Tensor, projection: nn.Module | None = None
-) -> tuple[Tensor, Tensor]:
-    """Bring student and teacher features [B, C, H, W] to one shape.
-
-    Spatially, the larger map is average-pooled to the smaller (as activation AT does).
-    Across channels, with ``projection`` None ("pool"): the wider tensor's adjacent channels
-    are averaged in blocks down to the narrower width (parameter-free; the abstract's
-    "block operations ... to save computation"); with a ``projection`` ("conv", e.g. a
-    learned ``nn.Conv2d(C_s, C_t, 1)``), the student's features are projected to the
-    teacher's width and the teacher is left as it is.
-
-    Returns:
-        (student, teacher), both [B, C', H', W'].
-    """
-    if student.dim() != 4 or teacher.dim() != 4 or student.shape[0] != teacher.shape[0]:
-        raise ValueError(
-            "expected student and teacher features [B, C, H, W] with the same B, got "
-            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
-        )
-    size = (min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1]))
-    student, teacher = _pool_spatial(student, size), _pool_spatial(teacher, size)
-    if projection is not None:
-        student = projection(student)
-        if student.shape[1] != teacher.shape[1]:
-            raise ValueError(
-                f"the projection maps the student to {student.shape[1]} channels but the "
-                f"teacher has {teacher.shape[1]}: build it as nn.Conv2d(C_s, C_t, 1)"
-            )
-        return student, teacher
-    channels = min(student.shape[1], teacher.shape[1])
-    return _pool_channels(student, channels), _pool_channels(teacher, channels)
-
-
-def afb_loss(student_afb: Tensor, teacher_afb: Tensor) -> Tensor:
-    """Eq. (3): mean squared error of two aligned AFBs (teacher detached), a scalar.
-
-    The mean runs over the batch, channels and positions (FitNets' feature distance); the
-    paper names no other.
-    """
-    if student_afb.shape != teacher_afb.shape:
-        raise ValueError(
-            f"AFBs must be aligned first (align_features): got {tuple(student_afb.shape)} and "
-            f"{tuple(teacher_afb.shape)}"
-        )
-    return F.mse_loss(student_afb.float(), teacher_afb.detach().float())
-
-
-# --------------------------------------------------------------------------- the weights
-
-
-def loss_decay_weights(
-    losses: Mapping[str, float], initial: Mapping[str, float], eps: float = 1e-12
-) -> dict[str, float]:
-    """Eq. (4): weights from decay rates, ``w_i = Dr_i / mean_j Dr_j``, ``Dr_i = L_i / L^0_i``.
-
-    Args:
-        losses: the latest epoch's mean loss of each term, e.g. ``{"ce": 0.8, "afd": 0.3}``.
-        initial: the first epoch's, L^0, with the same names.
-        eps: floor of L^0, so a term that started at exactly 0 does not divide by zero.
-
-    Returns:
-        ``{name: weight}``; the weights sum to the number of terms (alpha + beta = 2), and
-        all are 1 when every term has decayed at the same rate.
-    """
-    if set(losses) != set(initial) or not losses:
-        raise ValueError(
-            f"losses and initial losses must name the same terms, got {sorted(losses)} and "
-            f"{sorted(initial)}"
-        )
-    rates = {name: float(losses[name]) / max(float(initial[name]), eps) for name in losses}
-    mean = sum(rates.values()) / len(rates)
-    if not mean > 0:  # every loss at 0 (or a NaN): nothing to balance
-        return {name: 1.0 for name in rates}
-    return {name: rate / mean for name, rate in rates.items()}
-
-
-class AdaptiveLossWeights:
-    """The loss weights of Eq. (4) and the state behind them, updated once per epoch.
-
-    During the first epoch, and the second (whose rates are L^0 / L^0 = 1), every weight
-    is 1; after each later epoch e the weights for epoch e + 1 come from epoch e's mean
-    losses against the first epoch's, L^0. With ``adaptive=False`` the weights stay
-    ``fixed`` for the whole run.
-
-    Args:
-        terms: the loss names, in order (``("ce", "afd")``: alpha, beta).
-        adaptive: use the decay rates; False keeps ``fixed``.
-        fixed: the constant weights (default 1 each: the point the adaptive weights start
-            from, and where they stay when the terms decay at the same rate).
-    """
-
-    def __init__(
-        self,
-        terms: Sequence[str] = ("ce", "afd"),
-        *,
-        adaptive: bool = True,
-        fixed: Sequence[float] | None = None,
-    ):
-        self.terms = tuple(terms)
-        fixed = tuple(float(w) for w in (fixed if fixed is not None else [1.0] * len(terms)))
-        if len(fixed) != len(self.terms) or any(w < 0 for w in fixed):
-            raise ValueError(
-                f"fixed weights must be {len(self.terms)} non-negative numbers for "
-                f"{self.terms}, got {fixed}"
-            )
-        self.adaptive = adaptive
-        self.fixed = fixed
-        self.initial: dict[str, float] | None = None
-        self.weights: dict[str, float] = dict(zip(self.terms, fixed, strict=True))
-        if adaptive:
-            self.weights = {name: 1.0 for name in self.terms}
-
-    def update(self, summary: Mapping[str, float]) -> dict[str, float]:
-        """Take one epoch's mean losses (``{"loss_ce": ..., ...}``); return the new weights."""
-        if not self.adaptive:
-            return dict(self.weights)
-        missing = [f"loss_{t}" for t in self.terms if f"loss_{t}" not in summary]
-        if missing:
-            raise ValueError(
-                f"the epoch summary has no mean loss for {missing} (keys: {sorted(summary)}); "
-                "the trainer passes each loss term as 'loss_<name>'"
-            )
-        losses = {t: float(summary[f"loss_{t}"]) for t in self.terms}
-        if self.initial is None:
-            self.initial = losses
-        self.weights = loss_decay_weights(losses, self.initial)
-        return dict(self.weights)
-
-    def state(self) -> dict[str, Any]:
-        """Everything needed to continue after a resume (plain Python values)."""
-        return {
-            "terms": list(self.terms),
-            "adaptive": self.adaptive,
-            "fixed": list(self.fixed),
-            "initial": None if self.initial is None else dict(self.initial),
-            "weights": dict(self.weights),
-        }
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        if tuple(state["terms"]) != self.terms or bool(state["adaptive"]) != self.adaptive:
-            raise ValueError(
-                f"saved loss weights are for terms {state['terms']} (adaptive="
-                f"{state['adaptive']}), not {list(self.terms)} (adaptive={self.adaptive})"
-            )
-        self.fixed = tuple(state["fixed"])
-        self.initial = None if state["initial"] is None else dict(state["initial"])
-        self.weights = dict(state["weights"])
-
-
-# --------------------------------------------------------------------------- the method
-
-
 def _classifier_name(model: nn.Module) -> str:
     """The model's ``"classifier"`` tap point, checked to hold a [K, C] weight."""
-    name = _cam_classifier_name(model, None)
+    name = classifier_name(model)
     weight = getattr(model.get_submodule(name), "weight", None)
     if not isinstance(weight, Tensor) or weight.dim() not in (2, 4):
         raise ValueError(f"{type(model).__name__}.{name} has no [K, C] weight to build CAMs from")
@@ -370,10 +92,8 @@ class AFTKD(Distiller):
     or ``"features"`` (after it). The classifier must read those features (the CAM is a
     1x1 convolution with its weights), so the block is built at the last stage only.
 
-    Defaults, and why (the paper leaves these open; notebook 05 measures them). The
-    calibration runs quoted below: teacher wrn_16_2 from the lab zoo (91.9% test
-    accuracy), student wrn_16_1 (48.5% trained alone), ``shapes``, ``lab`` profile, seed
-    0, one run each, everything else at its default; test accuracy after 12 epochs.
+    Defaults, and why (the paper leaves these open; notebook 05 measures them, and
+    ``docs/calibration.md`` keeps the runs behind each choice):
 
     - ``cam_source="classifier"``: the 1x1 convolution is the network's own classifier, as
       the name CAM (Zhou et al. 2016) says; it adds no parameters and gives the teacher a
@@ -389,9 +109,7 @@ class AFTKD(Distiller):
       sum (where the teacher's mask is on and the student's is off, the target of the
       student's features rises by 1). ``"ste"`` (straight-through) lets the mask's error
       reach PreF at negative positions and the 1x1 convolution (clipped to one unit
-      around the threshold; see :func:`binary_mask`). Measured: 76.5% with ``"ste"``
-      against 75.5%, and the share of positions where the two masks disagree fell to
-      0.09 against 0.17 in the last epoch; the literal reading stays the default.
+      around the threshold; see :func:`binary_mask`). The literal reading is the default.
     - ``cam_class="label"``: the true class's map for teacher and student, known during
       training and the same for both, so the masks are comparable even where the teacher
       errs; ``"teacher"`` takes the teacher's top-1 class.
@@ -402,19 +120,15 @@ class AFTKD(Distiller):
       features to the teacher's width (FitNets' regressor; identity when the widths
       agree); it is a parameter of the method. ``"pool"`` is the reading of the abstract's
       "block operations ... to save computation": average-pool the wider features'
-      adjacent channels (and the larger map) down to the other's shape, no parameters. The
-      default follows the measurement: 75.5% with ``"conv"`` against 57.5% with
-      ``"pool"``; averaging the teacher's channels in fixed pairs imposes an arbitrary
-      correspondence the student must reproduce. Either way alignment acts on the
-      feature part; the mask is one channel on both sides and needs none.
+      adjacent channels (and the larger map) down to the other's shape, no parameters;
+      averaging the teacher's channels in fixed groups imposes an arbitrary correspondence
+      the student must reproduce. Either way alignment acts on the feature part; the mask
+      is one channel on both sides and needs none.
     - ``source="preact"``: the paper's point; ``"features"`` (after the ReLU) tests it.
-      Only the mask changes: ReLU(PreF) is the post-activation map either way. Measured:
-      73.0% after the ReLU against 75.5% (with ``align="pool"``: 57.5% both ways).
-    - ``weighting="adaptive"``: Eq. (4). ``"fixed"`` keeps ``fixed_weights`` (1, 1 by
-      default: where the adaptive weights start, and stay when both terms decay alike).
-      Measured: fixed 77.6% against adaptive 75.5%, while with ``align="pool"`` adaptive
-      led, 57.5% against 54.7%: the sign of the gap depends on the setting, one seed
-      cannot settle it.
+      Only the mask changes: ReLU(PreF) is the post-activation map either way.
+    - ``weighting="adaptive"``: Eq. (4) (:class:`~atcourse.distill.loss_weights.
+      AdaptiveLossWeights`). ``"fixed"`` keeps ``fixed_weights`` (1, 1 by default: where
+      the adaptive weights start, and stay when both terms decay alike).
 
     Args:
         student, teacher: the networks (the teacher is frozen here); both need a
@@ -431,23 +145,44 @@ class AFTKD(Distiller):
         layer, teacher_layer: override the tapped layer names (default: the ``source``
             tap point of each model); the layer must feed the classifier.
 
-    Loss terms: ``"ce"`` (weight alpha) and ``"afd"`` (weight beta), plus, detached with
-    weight 0 (logged, not trained on): ``"afd/feat"`` (the MSE of the feature parts alone)
-    and ``"afd/mask"`` (the share of positions where the two binary masks disagree).
+    Loss terms: ``"ce"`` (weight alpha) and ``"afd"`` (weight beta). Diagnostics (logged,
+    not trained on): ``"afd/feat"`` (the MSE of the feature parts alone) and ``"afd/mask"``
+    (the share of positions where the two binary masks disagree).
     """
 
     name = "aft"
-    #: constructor argument -> configuration name (``hparams_from_config``)
-    config_names = {
-        "weighting": "aft_weighting",
-        "cam_source": "aft_cam_source",
-        "threshold": "aft_threshold",
-        "gradient": "aft_gradient",
-        "merge": "aft_merge",
-        "align": "aft_align",
-        "source": "aft_source",
-        "cam_class": "aft_cam_class",
-    }
+    knobs: ClassVar[dict[str, Param]] = {
+        "aft_weighting": Param(
+            str, "loss weights from decay rates, or fixed", choices=WEIGHTINGS, arg="weighting"
+        ),
+        "aft_cam_source": Param(
+            str, "the 1x1 conv of the CAM: the classifier's weights, or learned",
+            choices=CAM_SOURCES, arg="cam_source",
+        ),
+        "aft_threshold": Param(
+            str, "CAM binarization threshold per map", choices=THRESHOLDS, arg="threshold"
+        ),
+        "aft_gradient": Param(
+            str, "gradient through the binarization: none, or straight-through",
+            choices=GRADIENTS, arg="gradient",
+        ),
+        "aft_merge": Param(
+            str, "one-channel mask and C channels: add to each, or concat", choices=MERGES,
+            arg="merge",
+        ),
+        "aft_align": Param(
+            str, "teacher/student widths: a learned 1x1 conv, or block pooling", choices=ALIGNS,
+            arg="align",
+        ),
+        "aft_source": Param(
+            str, "features before the final ReLU (preact) or after it (features)",
+            choices=SOURCES, arg="source",
+        ),
+        "aft_cam_class": Param(
+            str, "whose class map becomes the mask: the label's or the teacher's top-1",
+            choices=CAM_CLASSES, arg="cam_class",
+        ),
+    }  # fmt: skip
 
     def __init__(
         self,
@@ -478,7 +213,7 @@ class AFTKD(Distiller):
             ("source", source, SOURCES),
             ("cam_class", cam_class, CAM_CLASSES),
         ):
-            _check_choice(name, value, choices)
+            check_choice(name, value, choices)
         if cam_source == "learned" and gradient != "ste":
             raise ValueError(
                 "cam_source='learned' trains a 1x1 convolution through the mask, but with "
@@ -582,13 +317,21 @@ class AFTKD(Distiller):
             )
         s_feat, t_feat = align_features(F.relu(s_pre), F.relu(t_pre), self.projection)
         size = s_feat.shape[-2:]
-        s_mask, t_mask = _pool_spatial(s_mask, size), _pool_spatial(t_mask, size)
-        student = {"features": s_feat, "mask": s_mask, "afb": _merge(s_feat, s_mask, self.merge)}
-        teacher = {"features": t_feat, "mask": t_mask, "afb": _merge(t_feat, t_mask, self.merge)}
+        s_mask, t_mask = pool_to(s_mask, size), pool_to(t_mask, size)
+        student = {
+            "features": s_feat,
+            "mask": s_mask,
+            "afb": merge_mask(s_feat, s_mask, self.merge),
+        }
+        teacher = {
+            "features": t_feat,
+            "mask": t_mask,
+            "afb": merge_mask(t_feat, t_mask, self.merge),
+        }
         return logits, student, teacher
 
     def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
-        """images [B, 3, H, W], labels [B] -> logits [B, K], {"ce", "afd", diagnostics}."""
+        """images [B, 3, H, W], labels [B] -> logits [B, K], {"ce", "afd"} and diagnostics."""
         logits, student, teacher = self.blocks(images, labels)
         with torch.no_grad():
             feat = F.mse_loss(student["features"].float(), teacher["features"].float())
@@ -596,11 +339,9 @@ class AFTKD(Distiller):
         terms = {
             "ce": F.cross_entropy(logits, labels),
             "afd": afb_loss(student["afb"], teacher["afb"]),
-            "afd/feat": feat,
-            "afd/mask": mask,
         }
-        weights = {**self.loss_weights.weights, "afd/feat": 0.0, "afd/mask": 0.0}
-        return DistillOutput(logits, terms, weights)
+        diagnostics = {"afd/feat": feat, "afd/mask": mask}
+        return DistillOutput(logits, terms, dict(self.loss_weights.weights), diagnostics)
 
     def hparams(self) -> dict[str, Any]:
         return {

@@ -24,29 +24,24 @@ activations' scale rather than their layout.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import Param
 from ..metrics import mask_alignment
 from ..models import Taps, tap_points
 from ..runtime import eval_mode
-from . import register
 from .base import Distiller, DistillOutput
-from .kd import kd_loss
+from .kd import KD, kd_loss
+from .registry import register
 
 __all__ = [
-    "attention_map",
-    "at_loss",
-    "attention_maps",
-    "attention_alignment",
-    "AT",
-    "ATKD",
-    "CODE_BETA",
-    "PAPER_BETA",
-]
+    "attention_map", "at_loss", "attention_maps", "attention_alignment", "AT", "ATKD",
+    "CODE_BETA", "PAPER_BETA",
+]  # fmt: skip
 
 _REDUCE = ("sum", "mean", "max")
 _MODES = ("code", "paper")
@@ -76,13 +71,10 @@ def attention_map(
         channel reduction and the norm do not lose digits).
     """
     if features.dim() != 4:
+        vit = " (a ViT block output [B, N, C]? reshape its patch tokens to a grid first)"
         raise ValueError(
             f"attention_map expects features [B, C, H, W], got shape {tuple(features.shape)}"
-            + (
-                " (a ViT block output [B, N, C]? reshape its patch tokens to a grid first)"
-                if features.dim() == 3
-                else ""
-            )
+            + (vit if features.dim() == 3 else "")
         )
     if reduce not in _REDUCE:
         raise ValueError(f"reduce must be one of {', '.join(_REDUCE)}; got {reduce!r}")
@@ -152,9 +144,8 @@ def at_loss(
             f"teacher {teacher_features.shape[0]}"
         )
     student, teacher = _match_sizes(student_features, teacher_features.detach())
-    diff = attention_map(student, p, reduce).flatten(1) - attention_map(teacher, p, reduce).flatten(
-        1
-    )  # [B, H*W]
+    diff = attention_map(student, p, reduce) - attention_map(teacher, p, reduce)
+    diff = diff.flatten(1)  # [B, H*W]
     if mode == "code":
         return diff.pow(2).mean()
     return diff.norm(p=p, dim=1).mean()
@@ -162,10 +153,6 @@ def at_loss(
 
 def _layer_list(layers: Sequence[str] | str) -> list[str]:
     return [layers] if isinstance(layers, str) else list(layers)
-
-
-def _default_beta(mode: str) -> float:
-    return CODE_BETA if mode == "code" else PAPER_BETA
 
 
 @register("at")
@@ -180,27 +167,11 @@ class AT(Distiller):
     Weights: ``"ce"`` 1; ``"at"`` ``beta`` in code mode, ``beta / 2`` in paper mode (Eq. 2
     writes ``beta / 2``).
 
-    Default beta. Code mode: 1e3, the reference implementation's. Paper mode: 2.5, the
-    value that makes the paper form weigh what code mode with beta = 1e3 weighs, at the
-    distances a student reaches under AT. Per layer, with d the difference of the
-    normalized maps (N = H*W positions, delta = ||d||_2, at most sqrt(2) since both maps
-    are non-negative unit vectors)::
-
-        code:  beta_c / N * delta^2     gradient norm w.r.t. d:  2 * beta_c * delta / N
-        paper: beta_p / 2 * delta       gradient norm w.r.t. d:  beta_p / 2
-
-    Equal values need ``beta_p = 2 * beta_c * delta / N``, equal gradients twice that.
-    Summed over the three WRN groups on 32x32 inputs (N = 1024, 256, 64), with the
-    distances measured for wrn_16_1 learning from a briefly trained wrn_16_2 on ``shapes``
-    under code-mode AT (delta ~= 0.22, 0.19, 0.19; about 0.7 at initialisation, about 0.5
-    after the same training without AT): the code term is
-    1e3 * sum_j delta_j^2 / N_j ~= 0.74 and sum_j delta_j ~= 0.60, so equal values give
-    beta_p ~= 2 * 0.74 / 0.60 ~= 2.5. Matching gradients instead would give 5 to 7, but the
-    paper form's gradient does not fade as delta falls (like an L1 penalty), so it would
-    then push harder than code mode for the rest of training; the value match is the
-    default. The "about 0.1" the paper quotes ("1e3 divided by the number of elements in
-    the attention map and the batch size") belongs to a squared norm summed over the
-    batch, the code's form, not to Eq. 2 as written, and does not carry over.
+    Default beta: 1e3 in code mode (the reference implementation's); 2.5 in paper mode,
+    the value at which the paper form weighs what code mode weighs at the distances a
+    student reaches under AT (notebook 02 derives and measures it; ``docs/calibration.md``
+    keeps the run). The paper's "about 0.1" belongs to a squared norm summed over the
+    batch, the code's form, not to Eq. 2 as written.
 
     Args:
         student, teacher: the networks (the teacher is frozen here).
@@ -213,14 +184,26 @@ class AT(Distiller):
         teacher_layers: teacher layer names, paired in order with ``layers`` (None: the
             same names as ``layers`` when those were given, else the teacher's
             ``"groups"`` tap points).
-        log_layers: also return each pair's loss as ``"at/<student layer>"``, detached and
-            with weight 0, so it is logged but does not count twice in the total.
+        log_layers: also report each pair's loss as the diagnostic ``"at/<student layer>"``.
 
-    Loss terms: ``"ce"``, ``"at"`` (sum over layer pairs) and, with ``log_layers``, one
-    ``"at/<layer>"`` per pair.
+    Loss terms: ``"ce"`` and ``"at"`` (sum over layer pairs); diagnostics, with
+    ``log_layers``: one ``"at/<layer>"`` per pair.
     """
 
     name = "at"
+    knobs: ClassVar[dict[str, Param]] = {
+        "beta": Param(
+            float, "weight of the AT term (None: 1e3 in code mode, 2.5 in paper mode)", min=0.0
+        ),
+        "p": Param(float, "the power p in |A|^p of the attention maps", min=0.5),
+        "at_mode": Param(
+            str, "AT loss form: the reference code's or the paper's Eq. 2",
+            choices=("code", "paper"), arg="mode",
+        ),
+        "reduce": Param(
+            str, "how channels are reduced into a map", choices=("sum", "mean", "max")
+        ),
+    }  # fmt: skip
 
     def __init__(
         self,
@@ -259,7 +242,8 @@ class AT(Distiller):
         Taps(teacher, t_layers).remove()
         super().__init__(student, teacher)
         self.layers, self.teacher_layers = s_layers, t_layers
-        self.beta = float(_default_beta(mode) if beta is None else beta)
+        default = CODE_BETA if mode == "code" else PAPER_BETA
+        self.beta = float(default if beta is None else beta)
         self.p = float(p)
         self.mode = mode
         self.reduce = reduce
@@ -280,29 +264,29 @@ class AT(Distiller):
             logits = self.teacher(images)
         return logits, [taps[name] for name in self.teacher_layers]
 
-    def _at_terms(
+    def _at_term(
         self, student_feats: list[Tensor], teacher_feats: list[Tensor]
-    ) -> tuple[dict[str, Tensor], dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The summed AT term and, with ``log_layers``, each pair's as a diagnostic."""
         per_layer = [
             at_loss(s, t, self.p, self.mode, self.reduce)
             for s, t in zip(student_feats, teacher_feats, strict=True)
         ]
-        terms: dict[str, Tensor] = {"at": torch.stack(per_layer).sum()}
-        weights: dict[str, float] = {"at": self.at_weight}
+        diagnostics = {}
         if self.log_layers:
-            for name, value in zip(self.layers, per_layer, strict=True):
-                # Detached with weight 0: logged per layer, already counted in "at".
-                terms[f"at/{name}"] = value.detach()
-                weights[f"at/{name}"] = 0.0
-        return terms, weights
+            diagnostics = {
+                f"at/{name}": value.detach()
+                for name, value in zip(self.layers, per_layer, strict=True)
+            }
+        return torch.stack(per_layer).sum(), diagnostics
 
     def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
-        """images [B, 3, H, W], labels [B] -> student logits [B, K] and {"ce", "at", ...}."""
+        """images [B, 3, H, W], labels [B] -> student logits [B, K] and {"ce", "at"}."""
         logits, student_feats = self._student_forward(images)
         _, teacher_feats = self._teacher_forward(images)
-        at_terms, at_weights = self._at_terms(student_feats, teacher_feats)
-        terms = {"ce": F.cross_entropy(logits, labels), **at_terms}
-        return DistillOutput(logits, terms, {"ce": 1.0, **at_weights})
+        at, diagnostics = self._at_term(student_feats, teacher_feats)
+        terms = {"ce": F.cross_entropy(logits, labels), "at": at}
+        return DistillOutput(logits, terms, {"ce": 1.0, "at": self.at_weight}, diagnostics)
 
     def hparams(self) -> dict[str, Any]:
         return {
@@ -323,10 +307,11 @@ class ATKD(AT):
     forwards. ``w`` is beta (code mode) or beta / 2 (paper mode), as in :class:`AT`;
     ``alpha`` and ``T`` as in :class:`~atcourse.distill.kd.KD` (alpha weighs the soft term).
 
-    Loss terms: ``"ce"``, ``"kd"``, ``"at"`` (and the weight-0 ``"at/<layer>"`` ones).
+    Loss terms: ``"ce"``, ``"kd"``, ``"at"`` (and the ``"at/<layer>"`` diagnostics).
     """
 
     name = "at+kd"
+    knobs: ClassVar[dict[str, Param]] = {**KD.knobs, **AT.knobs}
 
     def __init__(
         self,
@@ -348,30 +333,20 @@ class ATKD(AT):
     def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
         logits, student_feats = self._student_forward(images)
         teacher_logits, teacher_feats = self._teacher_forward(images)
-        at_terms, at_weights = self._at_terms(student_feats, teacher_feats)
+        at, diagnostics = self._at_term(student_feats, teacher_feats)
         terms = {
             "ce": F.cross_entropy(logits, labels),
             "kd": kd_loss(logits, teacher_logits, self.T),
-            **at_terms,
+            "at": at,
         }
-        weights = {"ce": 1.0 - self.alpha, "kd": self.alpha, **at_weights}
-        return DistillOutput(logits, terms, weights)
+        weights = {"ce": 1.0 - self.alpha, "kd": self.alpha, "at": self.at_weight}
+        return DistillOutput(logits, terms, weights, diagnostics)
 
     def hparams(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "T": self.T, **super().hparams()}
 
 
 @torch.no_grad()
-def _tapped_features(
-    model: nn.Module, images: Tensor, layers: Sequence[str] | str | None
-) -> dict[str, Tensor]:
-    """One eval-mode forward of ``model``; the features of ``layers`` by name."""
-    names = tap_points(model, "groups") if layers is None else _layer_list(layers)
-    with eval_mode(model), Taps(model, names, detach=True) as taps:
-        model(images)
-    return {name: taps[name] for name in names}
-
-
 def attention_maps(
     model: nn.Module,
     images: Tensor,
@@ -393,10 +368,10 @@ def attention_maps(
     Returns:
         ``{layer: [B, H_l, W_l]}`` in the order of ``layers``.
     """
-    feats = _tapped_features(model, images, layers)
-    return {
-        name: attention_map(f, p=p, reduce=reduce, normalize=normalize) for name, f in feats.items()
-    }
+    names = tap_points(model, "groups") if layers is None else _layer_list(layers)
+    with eval_mode(model), Taps(model, names, detach=True) as taps:
+        model(images)
+    return {name: attention_map(taps[name], p, reduce, normalize) for name in names}
 
 
 def attention_alignment(

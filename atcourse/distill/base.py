@@ -2,20 +2,25 @@
 
 A method ("distiller") is an ``nn.Module`` that owns the student, an optional frozen
 teacher and its own hyperparameters. Its forward takes a batch and returns a
-:class:`DistillOutput`: the student's logits and the named loss terms with the weights
-that combine them. The trainer sums nothing itself; it calls ``out.total`` and logs
-every term by name. State a method keeps across epochs lives in the method and is
-updated through :meth:`Distiller.on_epoch_end`; it is saved with checkpoints through
-``get_extra_state``/``set_extra_state``.
+:class:`DistillOutput`: the student's logits, the named loss terms with the weights that
+combine them, and diagnostics (quantities a method only reports). The trainer sums nothing
+itself: it back-propagates ``out.total``, logs every term and diagnostic by name, and stops
+a run whose loss terms become NaN; a diagnostic is never summed and never stops a run.
+State a method keeps across epochs lives in the method and is updated through
+:meth:`Distiller.on_epoch_end`; it is saved with checkpoints through
+``get_extra_state``/``set_extra_state``. A method declares its knobs (:attr:`Distiller.knobs`)
+next to its code, and registers under a name (:func:`atcourse.distill.register`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..config import Param
 
 __all__ = ["DistillOutput", "Distiller", "Baseline", "freeze"]
 
@@ -28,11 +33,14 @@ class DistillOutput:
         logits: the student's logits, [B, K] (the trainer measures accuracy on them).
         loss_terms: unweighted loss terms by name, each a scalar tensor.
         weights: the weight of each term in the total (a missing name weighs 1).
+        diagnostics: what the method only reports (per-layer distances, mask agreement),
+            scalars by name: logged, never summed into the total, never able to stop a run.
     """
 
     logits: Tensor
     loss_terms: dict[str, Tensor]
     weights: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def total(self) -> Tensor:
@@ -62,6 +70,11 @@ class Distiller(nn.Module):
 
     #: short name used in run records and tables ("baseline", "kd", "at", ...)
     name = "distiller"
+    #: the method's knobs: configuration name -> Param (the default is the constructor's)
+    knobs: ClassVar[dict[str, Param]] = {}
+    #: whether a training step back-propagates through a gradient (double backward), which
+    #: ``torch.compile`` does not support
+    double_backward: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
         super().__init__()
@@ -82,7 +95,11 @@ class Distiller(nn.Module):
         return self.student(images)
 
     def on_epoch_end(self, epoch: int, summary: dict[str, float]) -> None:
-        """Called by the trainer after each epoch with that epoch's mean loss terms."""
+        """Called by the trainer after each epoch with that epoch's mean loss terms.
+
+        ``summary`` maps each loss term's name, as the method returned it (``"ce"``,
+        ``"afd"``), to its mean over the epoch.
+        """
 
     def hparams(self) -> dict[str, Any]:
         """The method's hyperparameters, as stored in run records."""
@@ -109,6 +126,9 @@ class Baseline(Distiller):
     """Plain training: cross-entropy and no teacher (the 'student alone' row)."""
 
     name = "baseline"
+    knobs: ClassVar[dict[str, Param]] = {
+        "label_smoothing": Param(float, "label smoothing of the cross-entropy", min=0.0, max=1.0)
+    }
 
     def __init__(self, student: nn.Module, *, label_smoothing: float = 0.0):
         super().__init__(student)

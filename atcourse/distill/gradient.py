@@ -33,15 +33,16 @@ passes, the second through a graph twice the usual size, in fp32; docs/performan
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import METHODS
+from ..config import Param
 from .attention import attention_map
 from .base import Distiller, DistillOutput
+from .registry import register
 
 __all__ = [
     "input_gradient",
@@ -209,15 +210,18 @@ def flip_invariance_loss(
     return loss
 
 
+@register("gradient_at", fixed={"mode": "teacher"})
+@register("gradient_at_flip", teacher=False, fixed={"mode": "flip"})
+@register("gradient_at_both", fixed={"mode": "both"})
 class GradientAT(Distiller):
     """Gradient-based AT and/or the flip-invariance penalty (Section 3.2).
 
-    ``mode``:
+    ``mode`` (each registered as a method of its own):
 
-    - ``"teacher"``: ``CE + beta/2 * gradient_at_loss`` (needs a teacher);
-    - ``"flip"``: ``CE + flip_beta/2 * flip_invariance_loss`` (no teacher; one passed anyway,
-      as the command line does for every ``gradient_at`` run, is not used and not kept);
-    - ``"both"``: both penalties.
+    - ``"teacher"`` (``gradient_at``): ``CE + beta/2 * gradient_at_loss`` (needs a teacher);
+    - ``"flip"`` (``gradient_at_flip``): ``CE + flip_beta/2 * flip_invariance_loss`` (no
+      teacher; one passed anyway is not used and not kept);
+    - ``"both"`` (``gradient_at_both``): both penalties.
 
     Loss terms: ``"ce"`` (weight 1) and ``"grad_at"`` (weight beta / 2) and/or ``"flip"``
     (weight flip_beta / 2): Eq. "L = CE + beta/2 ||J_S - J_T||_2" with the ``beta / 2`` in
@@ -238,19 +242,10 @@ class GradientAT(Distiller):
 
     Default beta: 0.25, for both penalties. The paper gives no value for this loss (its
     CIFAR experiments use NIN networks without batch norm, and the beta it quotes belongs to
-    activation AT), so the default was measured on ``shapes`` in the ``lab`` profile
-    (wrn_16_1 learning from a wrn_16_2 teacher at 91.9% test accuracy, seed 0, the first 4
-    of 12 epochs). The mean distance ``||J_S - J_T||_2`` starts at about 0.6, most of it the
-    teacher's own gradient. Trained without the penalty (beta = 0) the student leaves the
-    initial plateau (CE ~= ln 10, chance accuracy) in its third epoch, and its distance to
-    the teacher's gradient *grows* (0.66 -> 0.81 by epoch 4): the input sensitivity a
-    student develops is its own, not the teacher's. With beta = 20, 4 and 1 the penalty
-    opposed exactly that growth and the student stayed on the plateau (CE 2.30 after 4
-    epochs, against 2.11 at beta = 0). With beta = 0.25 it left the plateau about one epoch
-    later (CE 2.25 at epoch 4) while its distance stayed at 0.62: the largest of these
-    values at which the student still learns. (An implementation that differentiates the
-    batch-mean cross-entropy gets gradients B times smaller; at batch 64, beta = 0.25 here
-    is beta = 16 there.)
+    activation AT); ``docs/calibration.md`` keeps the runs behind the default. J is the
+    gradient of the *summed* cross-entropy (row b is image b's own gradient): an
+    implementation that differentiates the batch-mean cross-entropy gets gradients B times
+    smaller, so at batch 64, beta here is 64 x beta there.
 
     Args:
         student: the network being trained.
@@ -262,6 +257,13 @@ class GradientAT(Distiller):
     """
 
     name = "gradient_at"
+    knobs: ClassVar[dict[str, Param]] = {
+        "beta": Param(
+            float, "weight of the input-gradient penalty, which counts beta / 2 (None: 0.25)",
+            min=0.0,
+        ),
+    }  # fmt: skip
+    double_backward = True
 
     def __init__(
         self,
@@ -288,6 +290,9 @@ class GradientAT(Distiller):
         self.beta = float(DEFAULT_BETA if beta is None else beta)
         self.flip_beta = float(self.beta if flip_beta is None else flip_beta)
         self.mode = mode
+        self.name = {"teacher": "gradient_at", "flip": "gradient_at_flip"}.get(
+            mode, "gradient_at_both"
+        )
 
     def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
         """images [B, 3, H, W], labels [B] -> logits [B, K], {"ce", "grad_at"/"flip"}."""
@@ -313,17 +318,3 @@ class GradientAT(Distiller):
 
     def hparams(self) -> dict[str, Any]:
         return {"beta": self.beta, "mode": self.mode, "flip_beta": self.flip_beta}
-
-
-def _build(student: nn.Module, teacher: nn.Module | None = None, **hparams: Any) -> GradientAT:
-    """``build_method("gradient_at", ...)``: the teacher may be None when mode is "flip"."""
-    return GradientAT(student, teacher, **hparams)
-
-
-# Registered by hand rather than with ``register``: that decorator either requires a teacher
-# or drops it, and this method takes one in its default mode but not in mode "flip".
-# ``needs_teacher`` tells the command line and the benchmark to load one (the default mode
-# uses it; mode "flip" ignores it).
-_build.needs_teacher = True  # type: ignore[attr-defined]
-_build.cls = GradientAT  # type: ignore[attr-defined]
-METHODS["gradient_at"] = _build

@@ -16,14 +16,15 @@ the soft gradient without T^2 would shrink like 1 / T^2.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import register
+from ..config import Param
 from .base import Distiller, DistillOutput
+from .registry import register
 
 __all__ = ["kd_loss", "KD"]
 
@@ -72,6 +73,10 @@ class KD(Distiller):
     """
 
     name = "kd"
+    knobs: ClassVar[dict[str, Param]] = {
+        "alpha": Param(float, "weight of the soft (KD) term; CE gets 1 - alpha", min=0.0, max=1.0),
+        "T": Param(float, "softmax temperature of the KD term", min=1e-3),
+    }
 
     def __init__(
         self, student: nn.Module, teacher: nn.Module, *, alpha: float = 0.9, T: float = 4.0

@@ -38,41 +38,27 @@ ImageNet-1K, ViT-L/16, MAE-pre-trained teacher (the paper's main table): from sc
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import Param
 from ..models import Taps
 from ..models.vit import Attention
-from ..runtime import eval_mode
-from . import register
-from .base import Baseline, Distiller, DistillOutput
+from ..models.vit_maps import attention_layers, attention_probs, resolve_layers, tap_names
+from .base import Distiller, DistillOutput
+from .registry import register
 
 __all__ = [
-    "attention_distillation_loss",
-    "attention_overlap",
-    "default_distill_layers",
-    "resolve_layers",
-    "attention_layers",
-    "attention_probs",
-    "cls_attention",
-    "attention_rollout",
-    "attention_agreement",
-    "materialization_cost",
-    "AttentionDistillation",
-    "AttentionCopy",
-    "FineTune",
-    "DISTILL_WEIGHT",
-]
+    "attention_distillation_loss", "attention_overlap", "default_distill_layers",
+    "attention_agreement", "AttentionDistillation", "AttentionCopy", "DISTILL_WEIGHT",
+]  # fmt: skip
 
 #: The reference implementation's weight of the attention-distillation term (``atd_weight``).
 DISTILL_WEIGHT = 3.0
-
-_LAYER_WORDS = ("all", "early", "late")
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -146,23 +132,6 @@ def attention_overlap(student_probs: Tensor, teacher_probs: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- layers
 
 
-def attention_layers(model: nn.Module) -> list[Attention]:
-    """The attention modules of a ViT, first block first.
-
-    Raises:
-        TypeError: when ``model`` has no ``attention_layers()`` method returning
-            :class:`~atcourse.models.vit.Attention` modules (attention transfer needs a ViT).
-    """
-    getter = getattr(model, "attention_layers", None)
-    layers = getter() if callable(getter) else None
-    if not layers or not all(isinstance(a, Attention) for a in layers):
-        raise TypeError(
-            f"{type(model).__name__} is not a ViT with readable attention: attention transfer "
-            "needs a model with attention_layers() (e.g. atcourse.models.build('vit_tiny'))"
-        )
-    return list(layers)
-
-
 def default_distill_layers(depth: int) -> list[int]:
     """All layers but the last quarter (rounded half up): ``0 .. depth - (depth + 2) // 4 - 1``.
 
@@ -173,48 +142,6 @@ def default_distill_layers(depth: int) -> list[int]:
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     return list(range(max(1, depth - (depth + 2) // 4)))
-
-
-def resolve_layers(
-    spec: Sequence[int] | str | None, depth: int, default: Sequence[int]
-) -> list[int]:
-    """Layer indices from a specification.
-
-    Args:
-        spec: ``None`` (``default``), ``"all"``, ``"early"`` (the first half, rounded up),
-            ``"late"`` (the rest), or indices (negative ones count from the end).
-        depth: number of blocks.
-        default: what ``None`` means.
-
-    Returns:
-        Sorted, distinct indices in ``[0, depth)``.
-    """
-    if spec is None:
-        indices = list(default)
-    elif isinstance(spec, str):
-        half = (depth + 1) // 2
-        words = {"all": range(depth), "early": range(half), "late": range(half, depth)}
-        if spec not in words:
-            raise ValueError(
-                f"layers must be None, one of {', '.join(map(repr, _LAYER_WORDS))}, or a list "
-                f"of block indices; got {spec!r}"
-            )
-        indices = list(words[spec])
-    else:
-        indices = []
-        for i in spec:
-            if isinstance(i, bool) or not isinstance(i, int):
-                raise ValueError(f"layer indices must be ints, got {i!r} in {list(spec)}")
-            if not -depth <= i < depth:
-                raise ValueError(f"layer index {i} is out of range for a ViT of depth {depth}")
-            indices.append(i % depth)
-    if not indices:
-        raise ValueError(f"no layers selected (spec {spec!r}, depth {depth})")
-    return sorted(set(indices))
-
-
-def _tap_names(indices: Sequence[int], kind: str) -> list[str]:
-    return [f"blocks.{i}.attn.{kind}" for i in indices]
 
 
 def _check_pair(student: nn.Module, teacher: nn.Module) -> tuple[list[Attention], list[Attention]]:
@@ -260,13 +187,21 @@ class AttentionDistillation(Distiller):
             implementation's ``atd_weight``).
         attn_layers: which blocks to distill: indices, ``"all"``, ``"early"``, ``"late"``,
             or None for :func:`default_distill_layers` (all but the last quarter).
-        log_layers: also log each layer's term as ``"attn/<i>"`` (weight 0, detached).
+        log_layers: also report each layer's term as the diagnostic ``"attn/<i>"``.
 
-    Loss terms: ``"ce"``, ``"attn"`` (sum over the layers, unweighted) and, with
-    ``log_layers``, ``"attn/<i>"`` per layer.
+    Loss terms: ``"ce"`` and ``"attn"`` (sum over the layers, unweighted); diagnostics,
+    with ``log_layers``: ``"attn/<i>"`` per layer.
     """
 
     name = "attn_distill"
+    knobs: ClassVar[dict[str, Param]] = {
+        "attn_weight": Param(float, "weight of the summed per-layer attention terms", min=0.0),
+        "attn_layers": Param(
+            (tuple, str),
+            "ViT blocks to transfer: indices, 'all', 'early' or 'late' (None: the default)",
+            items=int,
+        ),
+    }
 
     def __init__(
         self,
@@ -286,7 +221,7 @@ class AttentionDistillation(Distiller):
         self.attn_weight = float(attn_weight)
         self.attn_layers = layers
         self.log_layers = log_layers
-        self._names = _tap_names(self.attn_layers, "logits")
+        self._names = tap_names(self.attn_layers, "logits")
 
     def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
         """images (B, 3, H, W), labels (B) -> student logits (B, K), {"ce", "attn", ...}."""
@@ -295,16 +230,14 @@ class AttentionDistillation(Distiller):
         with Taps(self.student, self._names) as s_taps:
             logits = self.student(images)
         per_layer = [attention_distillation_loss(s_taps[n], t_taps[n]) for n in self._names]
-        terms: dict[str, Tensor] = {
-            "ce": F.cross_entropy(logits, labels),
-            "attn": torch.stack(per_layer).sum(),
-        }
-        weights = {"ce": 1.0, "attn": self.attn_weight}
+        terms = {"ce": F.cross_entropy(logits, labels), "attn": torch.stack(per_layer).sum()}
+        diagnostics = {}
         if self.log_layers:
-            for i, value in zip(self.attn_layers, per_layer, strict=True):
-                terms[f"attn/{i}"] = value.detach()
-                weights[f"attn/{i}"] = 0.0
-        return DistillOutput(logits, terms, weights)
+            diagnostics = {
+                f"attn/{i}": value.detach()
+                for i, value in zip(self.attn_layers, per_layer, strict=True)
+            }
+        return DistillOutput(logits, terms, {"ce": 1.0, "attn": self.attn_weight}, diagnostics)
 
     def hparams(self) -> dict[str, Any]:
         return {"attn_weight": self.attn_weight, "attn_layers": list(self.attn_layers)}
@@ -331,6 +264,9 @@ class AttentionCopy(Distiller):
     """
 
     name = "attn_copy"
+    knobs: ClassVar[dict[str, Param]] = {
+        "attn_layers": AttentionDistillation.knobs["attn_layers"],
+    }
 
     def __init__(
         self,
@@ -344,7 +280,7 @@ class AttentionCopy(Distiller):
         layers = resolve_layers(attn_layers, depth, list(range(depth)))
         super().__init__(student, teacher)
         self.attn_layers = layers
-        self._names = _tap_names(layers, "probs")
+        self._names = tap_names(layers, "probs")
 
     @torch.no_grad()
     def teacher_attention(self, images: Tensor) -> list[Tensor]:
@@ -377,160 +313,6 @@ class AttentionCopy(Distiller):
 
     def hparams(self) -> dict[str, Any]:
         return {"attn_layers": list(self.attn_layers)}
-
-
-@register("finetune")
-class FineTune(Distiller):
-    """Fine-tuning, the usual way to use a pre-trained network: the paper's reference row.
-
-    The student starts from the teacher's weights, except the classifier, which keeps its
-    fresh initialisation (the new task's classes need not be the teacher's); then all of it
-    is trained with cross-entropy. The teacher is held (frozen) only so the run records
-    where the weights came from; it plays no part in the loss or at inference.
-
-    Args:
-        student: a freshly built network of the teacher's architecture; every weight but
-            those under ``head_name`` is overwritten with the teacher's.
-        teacher: the pre-trained network.
-        head_name: the classifier's module name (``"head"`` in the built-in ViT).
-        label_smoothing: as in :class:`~atcourse.distill.Baseline`.
-
-    Loss terms: ``"ce"``.
-    """
-
-    name = "finetune"
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        *,
-        head_name: str = "head",
-        label_smoothing: float = 0.0,
-    ):
-        prefix = head_name + "."
-        weights = {k: v for k, v in teacher.state_dict().items() if not k.startswith(prefix)}
-        if len(weights) == len(teacher.state_dict()):
-            raise ValueError(
-                f"the teacher has no module {head_name!r} to leave out; pass the name of "
-                "its classifier as head_name"
-            )
-        why = "fine-tuning needs a student of the teacher's architecture"
-        try:
-            missing, unexpected = student.load_state_dict(weights, strict=False)
-        except RuntimeError as err:  # shapes differ
-            first = str(err).split("\n\t")[1:2] or [str(err)]
-            raise ValueError(f"{why}: {first[0].strip()}") from None
-        missing = [k for k in missing if not k.startswith(prefix)]
-        if missing or unexpected:
-            raise ValueError(f"{why}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        super().__init__(student, teacher)
-        self.head_name = head_name
-        self.label_smoothing = label_smoothing
-
-    # Trained as the student alone is: only the starting weights differ.
-    forward = Baseline.forward
-
-    def hparams(self) -> dict[str, Any]:
-        return {"head_name": self.head_name, "label_smoothing": self.label_smoothing}
-
-
-# ----------------------------------------------------------------------------- reading maps
-
-
-@torch.no_grad()
-def attention_probs(
-    model: nn.Module,
-    images: Tensor,
-    layers: Sequence[int] | str | None = None,
-    *,
-    predict: Callable[[Tensor], Tensor] | None = None,
-) -> dict[int, Tensor]:
-    """The attention probabilities a ViT uses on ``images``, per layer, for figures and metrics.
-
-    One eval-mode forward under ``no_grad`` (the model's mode is restored), with taps on the
-    ``probs`` of the chosen layers.
-
-    Args:
-        model: a ViT (the student when ``predict`` is given).
-        images: (B, 3, H, W).
-        layers: indices, ``"all"``/``"early"``/``"late"``, or None (all).
-        predict: what runs the forward pass, e.g. an :class:`AttentionCopy`'s ``predict``,
-            whose student then shows the teacher's maps in the copied layers (the maps it
-            really uses). Default: ``model`` itself.
-
-    Returns:
-        ``{layer index: (B, heads, N, N)}``, rows summing to 1.
-    """
-    depth = len(attention_layers(model))
-    indices = resolve_layers(layers, depth, list(range(depth)))
-    names = _tap_names(indices, "probs")
-    with eval_mode(model), Taps(model, names, detach=True) as taps:
-        (predict or model)(images)
-    return {i: taps[n].float() for i, n in zip(indices, names, strict=True)}
-
-
-def cls_attention(probs: Tensor, *, cls_index: int = 0) -> Tensor:
-    """Where the CLS token looks: its row of the attention map, as a patch grid.
-
-    Args:
-        probs: ``(B, heads, N, N)`` with ``N = 1 + g * g`` (CLS first, then the patches in
-            row-major order), or ``(B, N, N)`` (e.g. a rollout).
-        cls_index: the CLS token's position.
-
-    Returns:
-        ``(B, heads, g, g)`` (or ``(B, g, g)``): the weight the CLS query gives each patch.
-        Without the CLS column a row no longer sums to 1; it sums to 1 minus the weight
-        the CLS token gives itself.
-    """
-    if probs.dim() not in (3, 4):
-        raise ValueError(f"expected (B, heads, N, N) or (B, N, N), got {tuple(probs.shape)}")
-    n = probs.shape[-1]
-    grid = int(round((n - 1) ** 0.5))
-    if grid * grid != n - 1:
-        raise ValueError(f"{n} tokens is not 1 CLS + a square grid of patches")
-    row = probs[..., cls_index, :]  # (..., N)
-    patches = torch.cat([row[..., :cls_index], row[..., cls_index + 1 :]], dim=-1)
-    return patches.reshape(*patches.shape[:-1], grid, grid)
-
-
-def attention_rollout(probs: Sequence[Tensor], *, residual: float = 0.5) -> Tensor:
-    """Attention rollout (Abnar & Zuidema, ACL 2020, Eq. 1): attention through all the layers.
-
-    A block adds its attention output to the residual stream, so token ``i`` after layer
-    ``l`` is a mix of itself and of what it attended to. Per layer, the heads are averaged
-    and the identity is mixed in, then the rows are renormalized::
-
-        Ã_l = (1 - residual) * mean_h A_l + residual * I,   Ã_l /= Ã_l.sum(-1)
-        R = Ã_L @ ... @ Ã_2 @ Ã_1
-
-    ``R[i, j]`` is how much of input token ``j`` reaches token ``i`` at the top, if the
-    MLPs are ignored and the mixing is taken as linear (a heuristic, not an exact
-    attribution). The CLS row of ``R`` gives a map over the patches (:func:`cls_attention`).
-
-    Args:
-        probs: per layer, first layer first, ``(B, heads, N, N)``.
-        residual: the identity's share, 0.5 in the paper (the residual connection weighs
-            as much as the attention).
-
-    Returns:
-        ``(B, N, N)``, rows summing to 1.
-    """
-    if not probs:
-        raise ValueError("attention_rollout needs the maps of at least one layer")
-    if not 0.0 <= residual <= 1.0:
-        raise ValueError(f"residual must lie in [0, 1], got {residual}")
-    rollout: Tensor | None = None
-    for layer in probs:
-        if layer.dim() != 4:
-            raise ValueError(f"expected (B, heads, N, N) per layer, got {tuple(layer.shape)}")
-        a = layer.float().mean(dim=1)  # (B, N, N)
-        eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
-        a = (1.0 - residual) * a + residual * eye
-        a = a / a.sum(dim=-1, keepdim=True)
-        rollout = a if rollout is None else a @ rollout  # later layers act last
-    assert rollout is not None
-    return rollout
 
 
 @torch.no_grad()
@@ -579,81 +361,3 @@ def attention_agreement(
         "kl": (kl / total).tolist(),
         "overlap": (overlap / total).tolist(),
     }
-
-
-# ----------------------------------------------------------------------------- cost
-
-
-def _saved_bytes(fn: Callable[[], Tensor]) -> tuple[Tensor, int]:
-    """Run ``fn`` and count the bytes autograd keeps for the backward pass (distinct storages)."""
-    seen: dict[tuple[int, int], int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        seen[(storage.data_ptr(), t.device.index or 0)] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(seen.values())
-
-
-def materialization_cost(
-    model: nn.Module,
-    images: Tensor,
-    *,
-    repeats: int = 5,
-    explicit_layers: Sequence[int] | str | None = "all",
-) -> dict[str, dict[str, float]]:
-    """Time and memory of a training step with the fused kernel vs materialized attention.
-
-    Runs forward + backward of ``model(images).sum()`` ``repeats`` times on each path (after
-    one warm-up), with ``materialize=True`` on the ``explicit_layers`` for the explicit
-    path. Memory is what autograd saves for the backward pass, counted exactly with
-    ``torch.autograd.graph.saved_tensors_hooks`` (distinct storages), so it is the same on
-    every machine; on CUDA the peak allocated memory is reported as well.
-
-    Args:
-        model: a ViT; its ``materialize`` flags are restored afterwards.
-        images: one batch (B, 3, H, W) on the model's device.
-        repeats: timed steps per path (the median is reported).
-        explicit_layers: layers materialized on the explicit path (default: all).
-
-    Returns:
-        ``{"fused": {...}, "explicit": {...}}``, each with ``"ms"`` (median step time),
-        ``"saved_mib"`` (activations kept for backward) and, on CUDA, ``"peak_mib"``.
-    """
-    modules = attention_layers(model)
-    indices = resolve_layers(explicit_layers, len(modules), list(range(len(modules))))
-    before = [m.materialize for m in modules]
-    device = images.device
-    results: dict[str, dict[str, float]] = {}
-    try:
-        for path in ("fused", "explicit"):
-            for i, m in enumerate(modules):
-                m.materialize = path == "explicit" and i in indices
-            times = []
-            saved = 0
-            peak = 0.0
-            for step in range(repeats + 1):
-                model.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                start = time.perf_counter()
-                out, saved = _saved_bytes(lambda: model(images).float().sum())
-                out.backward()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                    peak = torch.cuda.max_memory_allocated(device) / 2**20
-                if step > 0:  # the first step warms caches and allocators up
-                    times.append(time.perf_counter() - start)
-            row = {"ms": 1000 * sorted(times)[len(times) // 2], "saved_mib": saved / 2**20}
-            if device.type == "cuda":
-                row["peak_mib"] = peak
-            results[path] = row
-    finally:
-        for m, flag in zip(modules, before, strict=True):
-            m.materialize = flag
-        model.zero_grad(set_to_none=True)
-    return results

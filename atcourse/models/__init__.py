@@ -19,15 +19,19 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
+from .cam_head import CAMHead, with_cam_head
 from .resnet import BasicBlock, CifarResNet
 from .taps import ROLES, TapNameError, Taps, forward_with_taps, tap_points
 from .vit import Attention, ConvStem, VisionTransformer
+from .vit_maps import attention_probs, attention_rollout, cls_attention, resolve_layers
 from .wrn import PreActBlock, WideResNet
 
 __all__ = [
     "build",
+    "check_name",
     "available",
     "count_parameters",
     "Taps",
@@ -43,6 +47,12 @@ __all__ = [
     "Attention",
     "ConvStem",
     "VIT_CONFIGS",
+    "CAMHead",
+    "with_cam_head",
+    "attention_probs",
+    "attention_rollout",
+    "cls_attention",
+    "resolve_layers",
 ]
 
 _WRN_PATTERN = re.compile(r"^wrn_(\d+)_(\d+)$")
@@ -101,12 +111,36 @@ def available() -> list[str]:
     return list(_BUILDERS)
 
 
-def build(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+def check_name(name: str, *, what: str = "model") -> str:
+    """``name`` in lower case if it names a buildable model, else a ValueError naming ``what``.
+
+    Cheap (nothing is built): the command line checks its architectures before loading data.
+    """
+    key = str(name).lower()
+    match = _WRN_PATTERN.match(key)
+    if key in _BUILDERS or (
+        match
+        and int(match.group(1)) >= 10
+        and (int(match.group(1)) - 4) % 6 == 0
+        and int(match.group(2)) >= 1
+    ):
+        return key
+    raise ValueError(
+        f"{what} {name!r} is not a model: valid names are {', '.join(available())}, or "
+        "'wrn_<depth>_<width>' with depth = 6n+4 >= 10 and width >= 1 (e.g. 'wrn_28_10')"
+    )  # fmt: skip
+
+
+def build(name: str, num_classes: int = 10, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
     """A freshly initialised model by registry name.
 
     Args:
         name: one of :func:`available`, or ``wrn_<depth>_<width>`` with depth ``6n+4``.
         num_classes: classifier outputs (10 for CIFAR-10, 100 for CIFAR-100).
+        seed: initialise from this seed, whatever ran before (the global random state is
+            left as it was); None draws from the global random state. The trainer, the
+            zoo and the notebooks build every run's model with the run's seed, so the
+            same command gives the same initial weights.
         **kwargs: passed to the model class (e.g. ``dropout=0.3`` for a WRN, ``depth=4`` to
             override a ViT preset).
 
@@ -126,7 +160,13 @@ def build(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
             f"unknown model {name!r}; valid names: {', '.join(available())}, "
             "or any 'wrn_<depth>_<width>' with depth = 6n+4 (e.g. 'wrn_28_10')"
         )
-    model = builder(key, num_classes, **kwargs)
+    if seed is None:
+        model = builder(key, num_classes, **kwargs)
+    else:
+        # the draws seed_everything(seed) followed by a build would make, with no side effect
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = builder(key, num_classes, **kwargs)
     model.arch = key
     return model
 

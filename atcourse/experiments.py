@@ -1,0 +1,267 @@
+"""The runs the course compares, and what trains the ones that are missing.
+
+:data:`ENTRIES` lists the leaderboard's rows: a label, the registered method, its
+hyperparameters, the teacher and the student. :func:`train_entry` loads or trains one
+entry's run for a configuration (through :func:`atcourse.train.fit` under
+:func:`atcourse.records.run_name`, or the zoo for the teacher and the student alone), so
+the run a teaching notebook trained is the one the leaderboard reads. :func:`measure_alignment`
+adds where the trained network looks to its record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import models, paths, records, zoo
+from .data import DeviceLoader, load_splits
+from .distill import METHODS, build_method
+from .distill.attention import attention_alignment
+from .metrics import mask_alignment
+from .models import forward_with_taps
+from .models.vit_maps import cls_attention
+from .runtime import eval_mode
+from .train import fit
+
+__all__ = ["Entry", "ENTRIES", "EntryRun", "train_entry", "measure_alignment"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the course's comparison.
+
+    Attributes:
+        label: the row's name, and the first part of its run name
+            (:func:`atcourse.records.run_name`).
+        method: a name registered in :data:`atcourse.distill.METHODS` (a variant, such as
+            ``gradient_at_flip``, is a method of its own).
+        hparams: keyword arguments of the method's constructor (None: its default); the
+            same values the teaching notebook passes, so its finished run is reused.
+        teacher: teacher architecture (from the zoo), or None for a method without one.
+        student: student architecture.
+        notebook: the notebook that teaches it (for notes and links).
+        source: ``"fit"`` (trained by :func:`atcourse.train.fit`), ``"zoo.baseline"`` (the
+            student alone) or ``"zoo.teacher"`` (the teacher).
+    """
+
+    label: str
+    method: str
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+    teacher: str | None = "wrn_16_2"
+    student: str = "wrn_16_1"
+    notebook: str = ""
+    source: str = "fit"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"entry {self.label!r}: unknown method {self.method!r}; choose one of "
+                f"{', '.join(sorted(METHODS))}"
+            )
+
+
+_KD = {"alpha": 0.9, "T": 4.0}
+_AT = {"beta": None, "p": 2.0, "mode": "code"}
+
+#: The runs notebook 07 compares. One line per row: adding a method is adding its line.
+#: The hyperparameters are the teaching notebooks' defaults.
+ENTRIES: list[Entry] = [
+    Entry("teacher", "baseline", teacher=None, student="wrn_16_2", notebook="00",
+          source="zoo.teacher"),
+    Entry("baseline", "baseline", teacher=None, notebook="00", source="zoo.baseline"),
+    Entry("kd", "kd", _KD, notebook="01"),
+    Entry("at", "at", _AT, notebook="02"),
+    Entry("at+kd", "at+kd", {**_KD, **_AT}, notebook="02"),
+    Entry("gradient_at", "gradient_at", {"beta": None}, notebook="03"),
+    Entry("gradient_at_flip", "gradient_at_flip", {"beta": None}, teacher=None, notebook="03"),
+    Entry("cat_kd", "cat_kd", notebook="04"),
+    Entry("cat_kd_bin", "cat_kd_bin", notebook="04"),
+    Entry("aft", "aft", notebook="05"),
+]  # fmt: skip
+
+
+@dataclass
+class EntryRun:
+    """One entry's run for one configuration: its record and the trained network."""
+
+    entry: Entry
+    name: str
+    record: dict
+    model: torch.nn.Module | None
+    trained: bool  # trained now (False: an earlier run was reused)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.record.get("final", {})
+
+
+def _zoo_checkpoint(entry: Entry, cfg: Any) -> Path:
+    """Where the zoo keeps a zoo entry's model (its run folder has the same name)."""
+    role = "teacher" if entry.source == "zoo.teacher" else "baseline"
+    epochs = cfg["teacher_epochs"] if role == "teacher" else cfg["epochs"]
+    recipe = cfg.replace(epochs=epochs, arch=entry.student)
+    return zoo.checkpoint_path(entry.student, recipe, role=role)
+
+
+def _restore_zoo_record(folder: Path, entry: Entry, model: torch.nn.Module, task: str) -> dict:
+    """A run record rebuilt from a zoo checkpoint trained under another runs folder.
+
+    The zoo's checkpoints are shared (``ATCOURSE_DATA``) while run records live in each
+    runs folder, so a model can be cached with no record here. Its checkpoint carries the
+    history, so the record is rebuilt from it; where it ran is unknown and said so.
+    """
+    info = getattr(model, "zoo_info", {})
+    history = info.get("history") or []
+    recipe = dict(info.get("recipe") or {})
+    meta = {
+        "name": folder.name, "label": entry.label, "task": task, "method": "baseline",
+        "student": entry.student, "teacher": None,
+        "student_params": sum(p.numel() for p in model.parameters()), "params": recipe,
+        "hparams": {"label_smoothing": recipe.get("label_smoothing") or 0.0},
+        "device": "unknown", "device_name": "unknown", "threads": None, "machine": None,
+        "precision": "unknown", "torch": torch.__version__,
+        "code_version": records.code_version(), "restored_from": info.get("path"),
+    }  # fmt: skip
+    records.write_record(folder, meta, history, complete=bool(history))
+    return records.read_record(folder) or {}
+
+
+def _record_matches(entry: Entry, record: Mapping[str, Any]) -> bool:
+    """Whether a record was trained as ``entry`` asks (for reading without training)."""
+    if record.get("method") != entry.method or record.get("student") != entry.student:
+        return False
+    hparams = record.get("hparams") or {}
+    return all(v is None or hparams.get(k) == v for k, v in entry.hparams.items())
+
+
+def train_entry(
+    entry: Entry,
+    cfg: Any,
+    *,
+    data: tuple[Any, ...] | None = None,
+    teachers: dict[str, torch.nn.Module] | None = None,
+    train: bool = True,
+    progress: bool = True,
+    alignment: bool = True,
+) -> EntryRun | None:
+    """Load one entry's run for ``cfg`` (profile, data set, seed, recipe), or train it.
+
+    Training goes through :func:`atcourse.train.fit` with ``resume="auto"`` under
+    :func:`atcourse.records.run_name`, so a finished run of the same setting (by any
+    notebook) is reused and an interrupted one continues. The student is initialised from
+    ``cfg.seed`` as the notebooks do. Zoo entries come from :func:`atcourse.zoo.teacher` /
+    ``baseline``.
+
+    Args:
+        entry: the row to produce.
+        cfg: a resolved configuration (:func:`atcourse.config.configure`).
+        data: the splits already loaded (``load_splits(cfg)``: train, val, test).
+        teachers: a cache of loaded teachers by architecture (filled as needed).
+        train: False: only read what exists, train nothing (a zoo model cached in the
+            data folder is loaded); a missing or different run gives None with a note.
+        progress: progress bars.
+        alignment: measure the attention alignment of the trained network on the test
+            set's masks (:func:`measure_alignment`) and store it in the record.
+
+    Returns:
+        An :class:`EntryRun`, or None when ``train=False`` and no matching complete run
+        exists.
+    """
+    zoo_entry = entry.source in ("zoo.teacher", "zoo.baseline")
+    if zoo_entry:
+        folder = paths.runs_root() / "zoo" / _zoo_checkpoint(entry, cfg).stem
+        name = folder.name
+    else:
+        name = records.run_name(
+            entry.label, entry.student, cfg["dataset"], cfg["profile"], cfg["seed"]
+        )
+        folder = records.run_dir(name)
+
+    # a zoo model cached by another runs folder has no record here: loading it trains nothing
+    cached = (
+        zoo_entry and records.read_record(folder) is None and _zoo_checkpoint(entry, cfg).exists()
+    )
+    if not train and not cached:
+        record = records.read_record(folder)
+        if record is None or not record.get("complete") or not _record_matches(entry, record):
+            print(f"note: no finished run {name} for {entry.label!r} (train=False: skipped)")
+            return None
+        return EntryRun(entry, name, record, None, trained=False)
+
+    data = data if data is not None else load_splits(cfg)
+    train_set, test_set = data[0], data[-1]
+    teachers = {} if teachers is None else teachers
+    if zoo_entry:
+        get = zoo.teacher if entry.source == "zoo.teacher" else zoo.baseline
+        model = get(entry.student, cfg=cfg, data=data, progress=progress)
+        if entry.source == "zoo.teacher":
+            teachers.setdefault(entry.student, model)
+        trained = not model.zoo_info.get("cached", True)
+        record = records.read_record(folder) or _restore_zoo_record(
+            folder, entry, model, train_set.name
+        )
+    else:
+        teacher = None
+        if entry.teacher is not None:
+            if entry.teacher not in teachers:
+                teachers[entry.teacher] = zoo.teacher(
+                    entry.teacher, cfg=cfg, data=data, progress=progress
+                )
+            teacher = teachers[entry.teacher]
+        student = models.build(entry.student, num_classes=train_set.num_classes, seed=cfg["seed"])
+        method = build_method(entry.method, student, teacher, **entry.hparams)
+        before = records.read_record(folder, warn=False)
+        val_set = data[1] if len(data) == 3 else None
+        result = fit(method, cfg, train_set, test_set, val_set=val_set, label=entry.label,
+                     name=name, resume="auto", progress=progress)  # fmt: skip
+        model = result.method.student
+        record = records.read_record(folder) or {}
+        trained = before is None or before.get("updated") != record.get("updated")
+    if alignment and record and "alignment" not in record.get("final", {}):
+        score = measure_alignment(model, test_set)
+        if score is not None:
+            record = records.record_metrics(folder, alignment=score[0], alignment_layer=score[1])
+    model.eval()
+    return EntryRun(entry, name, record, model, trained)
+
+
+@torch.no_grad()
+def measure_alignment(
+    model: torch.nn.Module, dataset: Any, *, batch_size: int = 256
+) -> tuple[float, str] | None:
+    """Mean share of a network's attention that falls on the object, over a data set.
+
+    - CNNs: the activation attention map (p = 2, channel mean) of the model's last
+      ``"groups"`` tap point, scored by :func:`atcourse.metrics.mask_alignment`.
+    - ViTs (models that declare ``"attention_probs"``): the last block's attention of the
+      CLS token to the patches, averaged over heads, as a [grid, grid] map.
+
+    Returns:
+        (mean alignment in [0, 1], the layer it was read from), or None when the data set
+        has no masks or the model declares no tap point to read.
+    """
+    if getattr(dataset, "masks", None) is None:
+        return None
+    points = getattr(model, "tap_points", None) or {}
+    vit = "attention_probs" in points
+    if not vit and "groups" not in points:
+        return None
+    layer = points["attention_probs" if vit else "groups"][-1]
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    loader = DeviceLoader(dataset, batch_size, train=False, with_masks=True, device=device)
+    with eval_mode(model):
+        for images, _, masks in loader:
+            if vit:
+                _, taps = forward_with_taps(model, images, [layer])
+                maps = cls_attention(taps[layer].float()).mean(1)  # [B, grid, grid]
+                scores = mask_alignment(maps, masks)
+            else:
+                scores = attention_alignment(model, images, masks, [layer])[layer]
+            total += scores.sum().item()
+            count += scores.numel()
+    return total / max(count, 1), layer
