@@ -152,8 +152,8 @@ PARAMS: dict[str, Param] = {
     # --- data sizes
     "train_size": Param(int, "training images used (None: all)", min=1),
     "val_size": Param(
-        int, "validation images, held out from the training data (None: the data set's default)",
-        min=1,
+        int, "validation images, held out from the training data (None: the data set's "
+        "default; 0: none)", min=0,
     ),
     "test_size": Param(int, "test images used (None: all)", min=1),
     # --- optimisation
@@ -280,21 +280,24 @@ def parameters() -> dict[str, Param]:
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="shapes", device="auto", precision="auto", seed=0,
-        train_size=512, val_size=128, test_size=256, epochs=1, teacher_epochs=2, batch_size=64,
+        train_size=512, val_size=128, test_size=256, epochs=1, teacher_epochs=2,
+        batch_size=64,
         lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
         milestones=(0.3, 0.6, 0.8), lr_decay=0.2, warmup_epochs=0, label_smoothing=0.0,
     ),
     # Sized for a 2-core CPU: 12 epochs x 5,000 images is ~940 steps of 64 for a student.
     "lab": dict(
         dataset="shapes", device="auto", precision="auto", seed=0,
-        train_size=5000, val_size=1000, test_size=2000, epochs=12, teacher_epochs=15, batch_size=64,
+        train_size=5000, val_size=1000, test_size=2000, epochs=12, teacher_epochs=15,
+        batch_size=64,
         lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
         milestones=(0.3, 0.6, 0.8), lr_decay=0.2, warmup_epochs=0, label_smoothing=0.0,
     ),
     # The attention-transfer paper's CIFAR recipe (REFERENCE.md section 2).
     "full": dict(
         dataset="cifar10", device="auto", precision="auto", seed=0,
-        train_size=None, val_size=5000, test_size=None, epochs=200, teacher_epochs=200, batch_size=128,
+        train_size=None, val_size=5000, test_size=None, epochs=200, teacher_epochs=200,
+        batch_size=128,
         lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="step",
         milestones=(0.3, 0.6, 0.8), lr_decay=0.2, warmup_epochs=0, label_smoothing=0.0,
     ),
