@@ -200,3 +200,9 @@ def test_real_cifar10_archive() -> None:
     assert test.classes[0] == "airplane" and test.classes[-1] == "truck"
     for got, expected in zip(test.mean, (0.4913, 0.4821, 0.4465), strict=True):
         assert abs(got - expected) < 0.01
+    # The validation split: 500 images of each class held out of the 50,000.
+    train, val = load_dataset("cifar10", "train"), load_dataset("cifar10", "val")
+    assert (len(train), len(val)) == (45_000, 5_000)
+    assert torch.equal(torch.bincount(val.labels), torch.full((10,), 500))
+    assert torch.equal(torch.bincount(train.labels), torch.full((10,), 4_500))
+    assert val.mean == train.mean == test.mean

@@ -97,7 +97,8 @@ def read_cache(path: Path) -> dict[str, Any] | None:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        # The first sentence only: torch's zip errors run on over several.
+        reason = (str(err).strip().splitlines() or [""])[0].split(". ")[0]
         _warn(path, f"is unreadable, probably truncated ({type(err).__name__}: {reason})")
         return None
     if not isinstance(record, dict) or record.get("format") != CACHE_FORMAT:

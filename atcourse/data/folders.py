@@ -94,6 +94,8 @@ def _list_archive(path: Path, advice: str) -> tuple[dict[str, bytes], set[Parts]
             while chunk := tf.fileobj.read(1 << 20):  # type: ignore[union-attr]
                 if chunk.strip(b"\0"):
                     raise tarfile.ReadError("data follows an unreadable member header")
+    except (PermissionError, FileNotFoundError):
+        raise  # they name the archive already, and it is not damaged
     except (EOFError, OSError, zlib.error, tarfile.TarError) as err:
         raise DamagedFileError(_archive_message(path, err, advice), path) from err
     return blobs, dirs
@@ -102,7 +104,7 @@ def _list_archive(path: Path, advice: str) -> tuple[dict[str, bytes], set[Parts]
 def _archive_message(path: Path, err: BaseException, advice: str) -> str:
     text = str(err)
     if isinstance(err, EOFError) or "unexpected end" in text:
-        problem = "its compressed data ends too early (the file is truncated or damaged)"
+        problem = "its data ends too early (the file is truncated or damaged)"
     elif "CRC" in text:
         problem = "its checksum (CRC) does not match its content (bytes were changed)"
     elif isinstance(err, zlib.error | gzip.BadGzipFile):
