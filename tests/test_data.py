@@ -1,12 +1,10 @@
-"""Tests of atcourse.data: shapes generation, CIFAR/folder loading, the device loader."""
+"""Tests of atcourse.data: shapes generation, the data set object, the device loader.
+
+Image folders and CIFAR: test_data_folders.py; validation splits: test_data_splits.py;
+cache integrity: test_data_cache.py; bad inputs: test_bad_inputs_data.py.
+"""
 
 from __future__ import annotations
-
-import os
-import pickle
-import tarfile
-import urllib.error
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,15 +20,7 @@ from atcourse.data import (
     load_dataset,
 )
 from atcourse.data import shapes as shapes_module
-
-
-@pytest.fixture(autouse=True)
-def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets an empty data root, so caches never leak between tests."""
-    root = tmp_path / "data"
-    monkeypatch.setenv("ATCOURSE_DATA", str(root))
-    return root
-
+from atcourse.paths import cache_root
 
 # ----------------------------------------------------------------------------- shapes
 
@@ -93,11 +83,11 @@ def test_shapes_difficulty_knobs() -> None:
         generate_shapes(4, seed=0, size_range=(20.0, 10.0))
 
 
-def test_shapes_cache_written_and_reread(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shapes_cache_written_and_reread(monkeypatch: pytest.MonkeyPatch) -> None:
     first = load_dataset("shapes", "test", size=24, seed=4)
-    files = sorted((data_root / "cache" / "shapes").glob("*.pt"))
+    files = sorted((cache_root() / "shapes").glob("*.pt"))
     assert len(files) == 2  # the set and its statistics
-    assert not list((data_root / "cache" / "shapes").glob("*.tmp"))
+    assert not list((cache_root() / "shapes").glob("*.tmp"))
 
     def no_generation(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cache should have been read")
@@ -115,7 +105,7 @@ def test_bad_names_and_splits() -> None:
     with pytest.raises(ValueError, match="cifar10.*folder:"):
         load_dataset("mnist")
     with pytest.raises(ValueError, match="split"):
-        load_dataset("shapes", "val", size=10)
+        load_dataset("shapes", "validation", size=10)
 
 
 # ----------------------------------------------------------------------------- loader
@@ -239,53 +229,6 @@ def test_loader_on_shapes_with_masks() -> None:
     assert abs(float(x.mean())) < 1.0  # normalized
 
 
-# ----------------------------------------------------------------------------- folders
-
-
-_COLOURS = {"cat": (200, 30, 30), "ant": (30, 200, 30), "bee": (30, 30, 200)}
-
-
-def _make_tree(root: Path, splits: bool = True) -> Path:
-    from PIL import Image
-
-    for split, count in (("train", 3), ("test", 2)) if splits else ((None, 3),):
-        for cls, colour in _COLOURS.items():
-            folder = root / split / cls if split else root / cls
-            folder.mkdir(parents=True)
-            for i in range(count):
-                size = (40, 36) if i == 0 and cls == "cat" else (32, 32)
-                Image.new("RGB", size, colour).save(folder / f"{i}.png")
-    return root
-
-
-def test_image_folder_tree_and_archive(tmp_path: Path) -> None:
-    tree = _make_tree(tmp_path / "tiny")
-    archive = tmp_path / "tiny.tar.gz"
-    with tarfile.open(archive, "w:gz") as tf:
-        tf.add(tree, arcname="tiny")  # one top folder inside the archive
-    for source in (tree, archive):
-        train = load_dataset(f"folder:{source}", "train")
-        test = load_dataset(f"folder:{source}", "test")
-        assert train.classes == ["ant", "bee", "cat"]
-        assert train.images.shape == (9, 3, 32, 32) and len(test) == 6
-        assert train.masks is None
-        for ds in (train, test):
-            for img, label in zip(ds.images, ds.labels, strict=True):
-                expected = torch.tensor(_COLOURS[ds.classes[int(label)]], dtype=torch.float)
-                assert torch.allclose(img.float().mean((1, 2)), expected, atol=2.0)
-    a = load_dataset(f"folder:{tree}", "test")
-    b = load_dataset(f"folder:{archive}", "test")
-    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
-
-
-def test_image_folder_without_splits(tmp_path: Path) -> None:
-    tree = _make_tree(tmp_path / "flat", splits=False)
-    ds = load_dataset(f"folder:{tree}", "train", image_size=24)
-    assert ds.images.shape == (9, 3, 24, 24)
-    with pytest.raises(ValueError, match="no 'test' split"):
-        load_dataset(f"folder:{tree}", "test")
-
-
 def test_balanced_subset() -> None:
     labels = torch.tensor([0] * 50 + [1] * 50 + [2] * 3)
     idx = balanced_subset_indices(labels, 30, seed=0)
@@ -310,72 +253,3 @@ def test_select_classes_keeps_and_relabels() -> None:
         ds.select_classes([3, 10])
     with pytest.raises(ValueError, match="distinct"):
         ds.select_classes([1, 1])
-
-
-# ----------------------------------------------------------------------------- CIFAR
-
-
-def test_cifar_missing_lists_every_place(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ATCOURSE_CIFAR10_ARCHIVE", raising=False)
-    data_root.mkdir(parents=True)
-    (data_root / "cifar100.tar.gz").write_bytes(b"")  # matches cifar10*, yet is not CIFAR-10
-    with pytest.raises(FileNotFoundError) as err:
-        load_dataset("cifar10", "train")
-    message = str(err.value)
-    for place in (
-        str(data_root / "cifar-10-batches-py"),
-        str(data_root / "cifar10") + "/{train,test}",
-        str(data_root / "cifar10*.tar.gz"),
-        "$ATCOURSE_CIFAR10_ARCHIVE",
-        "download=True",
-    ):
-        assert place in message
-
-
-def test_cifar_download_offline_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torchvision
-
-    def offline(*args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("no route to host")
-
-    monkeypatch.delenv("ATCOURSE_CIFAR100_ARCHIVE", raising=False)
-    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
-    with pytest.raises(RuntimeError, match="network is unreachable"):
-        load_dataset("cifar100", "test", download=True)
-
-
-def test_cifar_torchvision_pickles(data_root: Path) -> None:
-    folder = data_root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-             "truck"]  # fmt: skip
-    g = torch.Generator().manual_seed(0)
-
-    def write(name: str, n: int) -> None:
-        data = torch.randint(0, 256, (n, 3072), generator=g, dtype=torch.uint8).numpy()
-        batch = {b"data": data, b"labels": [i % 10 for i in range(n)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
-
-    for i in range(1, 6):
-        write(f"data_batch_{i}", 4)
-    write("test_batch", 10)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [n.encode() for n in names]}, f)
-    train = load_dataset("cifar10", "train")
-    test = load_dataset("cifar10", "test", size=5, seed=1)
-    assert train.images.shape == (20, 3, 32, 32) and train.classes == names
-    assert len(test) == 5 and test.mean == train.mean
-
-
-@pytest.mark.skipif(
-    not os.environ.get("ATCOURSE_CIFAR10_ARCHIVE"),
-    reason="set ATCOURSE_CIFAR10_ARCHIVE to a CIFAR-10 image-folder .tar.gz",
-)
-def test_real_cifar10_archive() -> None:
-    test = load_dataset("cifar10", "test")
-    assert test.images.shape == (10_000, 3, 32, 32)
-    assert torch.equal(torch.bincount(test.labels), torch.full((10,), 1000))
-    assert test.classes[0] == "airplane" and test.classes[-1] == "truck"
-    for got, expected in zip(test.mean, (0.4913, 0.4821, 0.4465), strict=True):
-        assert abs(got - expected) < 0.01

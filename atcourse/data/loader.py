@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from atcourse.data.images import ImageDataset
+from atcourse.data.dataset import ImageDataset
 
 __all__ = ["DeviceLoader", "EpochPlan", "augment_batch", "denormalize", "epoch_generator"]
 

@@ -16,9 +16,10 @@ should look, which attention maps can be scored against.
 
 Everything is drawn from one ``torch.Generator`` and rendered in batches with signed
 distance functions on a pixel grid (about one pixel of anti-aliasing), with no Python
-loop over images. Generating the default 20,000-image train split takes about 3 s on
-2 idle CPU cores (about 5 s on one); sets are cached under ``cache_root()/shapes/``, and
-a cached set loads in a fraction of a second.
+loop over images (:mod:`atcourse.data.drawing`). Generating the default 20,000-image
+train split takes about 3 s on 2 idle CPU cores (about 5 s on one); sets are cached
+under ``cache_root()/shapes/`` with a sha256 of their content (a damaged file is
+generated again, with a warning), and a cached set loads in a fraction of a second.
 
 Calibration (the defaults of :class:`Difficulty`), measured in the ``lab`` profile on a
 2-core CPU (5,000 training and 2,000 test images, SGD lr 0.05, batch 64, cosine
@@ -37,18 +38,16 @@ clutter.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from atcourse.data.images import ImageDataset, _load_cache, atomic_save, channel_stats
+from atcourse.data.cache import read_cache, write_cache
+from atcourse.data.dataset import ImageDataset, channel_stats, check_split
+from atcourse.data.drawing import SHAPE_SDFS, draw_batch
 from atcourse.paths import cache_root
 
 __all__ = [
@@ -77,7 +76,8 @@ CLASSES = (
     "crescent",
     "ell",
 )
-DEFAULT_SIZES = {"train": 20_000, "test": 4_000}
+DEFAULT_SIZES = {"train": 20_000, "val": 2_000, "test": 4_000}
+assert len(SHAPE_SDFS) == len(CLASSES)
 # Images rendered per batch. Fixed, because the random stream is consumed batch by batch:
 # changing it would change the images a seed gives.
 _CHUNK = 2048
@@ -136,225 +136,6 @@ class Difficulty:
         return cls(**clean)  # type: ignore[arg-type]
 
 
-# ----------------------------------------------------------------------------- geometry
-# Signed distance functions in the object's own frame: (u, v) are pixel offsets from the
-# object's centre, rotated and divided by its radius, so every shape fits the unit disc.
-# Negative inside, positive outside, in units of the radius.
-
-
-def _disc(u: torch.Tensor, v: torch.Tensor, radius: float) -> torch.Tensor:
-    return torch.hypot(u, v) - radius
-
-
-def _box(
-    u: torch.Tensor, v: torch.Tensor, hx: float | torch.Tensor, hy: float | torch.Tensor
-) -> torch.Tensor:
-    qx, qy = u.abs() - hx, v.abs() - hy
-    outside = torch.hypot(qx.clamp_min(0), qy.clamp_min(0))
-    return outside + torch.maximum(qx, qy).clamp_max(0)
-
-
-def _polygon(u: torch.Tensor, v: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
-    """Exact signed distance to a simple polygon, ``vertices`` ``[K, 2]`` in order.
-
-    Distance: to the nearest edge; sign: even-odd crossing test. ``u``, ``v`` ``[M, P]``.
-    """
-    a = vertices
-    b = torch.roll(vertices, -1, dims=0)
-    edge = b - a  # [K, 2]
-    pu, pv = u[..., None], v[..., None]  # [M, P, 1]
-    wu, wv = pu - a[:, 0], pv - a[:, 1]  # [M, P, K]
-    t = ((wu * edge[:, 0] + wv * edge[:, 1]) / (edge * edge).sum(1)).clamp(0, 1)
-    dist = torch.hypot(wu - t * edge[:, 0], wv - t * edge[:, 1]).amin(-1)
-    straddles = (a[:, 1] > pv) != (b[:, 1] > pv)
-    # Where the edge is horizontal `straddles` is False, so the division's inf is ignored.
-    x_cross = a[:, 0] + edge[:, 0] * (pv - a[:, 1]) / edge[:, 1]
-    inside = (straddles & (pu < x_cross)).sum(-1) % 2 == 1
-    return torch.where(inside, -dist, dist)
-
-
-def _regular(n: int, radii: tuple[float, ...], start: float = math.pi / 2) -> torch.Tensor:
-    k = torch.arange(n * len(radii), dtype=torch.float32)
-    angle = start + k * (2 * math.pi / (n * len(radii)))
-    r = torch.tensor(radii * n, dtype=torch.float32)
-    return torch.stack([r * torch.cos(angle), r * torch.sin(angle)], dim=1)
-
-
-_TRIANGLE = _regular(3, (1.0,))
-_STAR = _regular(5, (1.0, 0.42))
-_DIAMOND = torch.tensor([[1.0, 0.0], [0.0, 0.55], [-1.0, 0.0], [0.0, -0.55]])
-_ARROW = torch.tensor(
-    [[-0.95, -0.2], [0.1, -0.2], [0.1, -0.62], [0.95, 0.0], [0.1, 0.62], [0.1, 0.2], [-0.95, 0.2]]
-)
-_ELL = 0.92 * torch.tensor(
-    [[-0.55, -0.85], [-0.05, -0.85], [-0.05, 0.35], [0.6, 0.35], [0.6, 0.85], [-0.55, 0.85]]
-)
-
-_SDF: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = (
-    lambda u, v: _disc(u, v, 0.92),
-    lambda u, v: _box(u, v, 0.68, 0.68),
-    lambda u, v: _polygon(u, v, _TRIANGLE),
-    lambda u, v: _polygon(u, v, _STAR),
-    lambda u, v: torch.minimum(_box(u, v, 0.95, 0.27), _box(u, v, 0.27, 0.95)),
-    lambda u, v: (torch.hypot(u, v) - 0.7).abs() - 0.25,
-    lambda u, v: _polygon(u, v, _DIAMOND),
-    lambda u, v: _polygon(u, v, _ARROW),
-    lambda u, v: torch.maximum(_disc(u, v, 0.95), -_disc(u - 0.4, v, 0.78)),
-    lambda u, v: _polygon(u, v, _ELL),
-)
-assert len(_SDF) == len(CLASSES)
-
-
-def _coverage(sdf_px: torch.Tensor) -> torch.Tensor:
-    """Fraction of a pixel covered, from the signed distance at its centre in pixels.
-
-    A linear ramp one pixel wide: cheap anti-aliasing, exact for straight edges.
-    """
-    return (0.5 - sdf_px).clamp(0.0, 1.0)
-
-
-def _uniform(g: torch.Generator, lo: float, hi: float, *shape: int) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(*shape, generator=g)
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-@functools.cache
-def _upsampler(n: int, size: int) -> torch.Tensor:
-    """``[size, n]`` matrix ``A`` with ``A @ X @ A.T`` = bicubic upsampling of ``X`` ``[n, n]``.
-
-    Bicubic interpolation is separable, so each column is the upsampled image of a unit
-    impulse in one column of a constant-row image. Two small matmuls beat
-    ``F.interpolate`` several times over on a batch of 4x4 noise images.
-    """
-    basis = torch.eye(n).view(n, 1, 1, n).expand(n, 1, n, n)
-    rows = F.interpolate(basis, size=(size, size), mode="bicubic", align_corners=False)
-    return rows[:, 0, 0, :].T.contiguous()
-
-
-def _render(
-    labels: torch.Tensor, g: torch.Generator, d: Difficulty
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render one batch: images float ``[M, 3, 32, 32]`` in [0, 1], masks bool ``[M, 32, 32]``."""
-    m, s = labels.shape[0], IMAGE_SIZE
-    # Pixel-centre coordinates as a row [1, 1, S] and a column [1, S, 1]: anything linear
-    # in x and y is then computed on [M, 1, S] and [M, S, 1] pieces and broadcast into
-    # [M, S, S] by one final operation, which halves the work on full-size tensors.
-    centres = torch.arange(s, dtype=torch.float32) + 0.5
-    xs, ys = centres.view(1, 1, s), centres.view(1, s, 1)
-
-    def per_image(t: torch.Tensor) -> torch.Tensor:
-        return t.view(-1, 1, 1)
-
-    # The object: its bounding circle stays one pixel clear of the border.
-    radius = _uniform(g, *d.size_range, m) / 2
-    cx = radius + 1 + torch.rand(m, generator=g) * (s - 2 * radius - 2)
-    cy = radius + 1 + torch.rand(m, generator=g) * (s - 2 * radius - 2)
-    theta = _uniform(g, 0.0, 2 * math.pi, m)
-    dx, dy = (xs - per_image(cx)) / per_image(radius), (ys - per_image(cy)) / per_image(radius)
-    cos, sin = per_image(torch.cos(theta)), per_image(torch.sin(theta))
-    u = dx * cos + dy * sin  # [M, S, S], object frame in units of the radius
-    v = dy * cos - dx * sin
-    sdf = torch.empty(m, s, s)
-    for k, fn in enumerate(_SDF):  # ten class-wise batches, not a loop over images
-        sel = labels == k
-        if bool(sel.any()):
-            sdf[sel] = fn(u[sel], v[sel])
-    sdf_px = sdf * per_image(radius)
-    obj_cov = _coverage(sdf_px)  # [M, S, S]
-
-    # Background: a linear gradient between two random colours plus smooth noise.
-    c0, c1 = torch.rand(m, 3, generator=g), torch.rand(m, 3, generator=g)
-    phi = _uniform(g, 0.0, 2 * math.pi, m)
-    ramp = (xs - s / 2) * per_image(torch.cos(phi) / s) + (
-        (ys - s / 2) * per_image(torch.sin(phi) / s) + 0.5
-    )
-    img = torch.lerp(c0[:, :, None, None], c1[:, :, None, None], ramp[:, None])  # [M, 3, S, S]
-    coarse = torch.rand(m, 3, 4, 4, generator=g) * 2 - 1
-    up = _upsampler(4, s)
-    smooth = up @ coarse @ up.T  # bicubic upsampling to [M, 3, S, S], as two matmuls
-    img = img.add_(smooth, alpha=d.clutter).clamp_(0, 1)
-
-    # Object colour: random, pushed away from the background under it when too close.
-    weight = obj_cov / obj_cov.sum((1, 2), keepdim=True).clamp_min(1e-6)
-    local = (img * weight[:, None]).sum((2, 3))  # [M, 3]
-    colour = torch.rand(m, 3, generator=g)
-    diff = colour - local
-    dist = diff.norm(dim=1, keepdim=True)
-    direction = diff / dist.clamp_min(1e-6)
-    away = (local + d.contrast * direction).clamp(0, 1)
-    # Clamping can undo the push near the colour cube's faces: then go the other way.
-    back = (local - d.contrast * direction).clamp(0, 1)
-    pushed = torch.where(
-        (away - local).norm(dim=1, keepdim=True) >= (back - local).norm(dim=1, keepdim=True),
-        away,
-        back,
-    )
-    colour = torch.where(dist < d.contrast, pushed, colour)
-
-    def distractor_colour(n_shape: tuple[int, ...]) -> torch.Tensor:
-        # Same colour family as the object (small jitter) or any colour.
-        family = colour.view(m, *([1] * (len(n_shape) - 1)), 3) + 0.08 * torch.randn(
-            *n_shape, 3, generator=g
-        )
-        other = torch.rand(*n_shape, 3, generator=g)
-        same = torch.rand(*n_shape, 1, generator=g) < d.same_colour
-        return torch.where(same, family, other).clamp(0, 1)
-
-    # Distractors, behind the object: thin segments and small blobs.
-    lo, hi = d.distractors
-    slots = hi
-    if slots > 0:
-        count = torch.randint(lo, hi + 1, (m,), generator=g)
-        active = torch.arange(slots)[None, :] < count[:, None]  # [M, D]
-        is_segment = torch.rand(m, slots, generator=g) < 0.5
-        p0 = torch.rand(m, slots, 2, generator=g) * s
-        length = _uniform(g, 6.0, 20.0, m, slots)
-        angle = _uniform(g, 0.0, 2 * math.pi, m, slots)
-        width = _uniform(g, 0.7, 1.4, m, slots)
-        blob_r = _uniform(g, 1.0, 2.5, m, slots)
-        d_col = distractor_colour((m, slots))
-        # A blob is a zero-length segment as thick as its diameter, so one distance serves
-        # both; an unused slot gets a hugely negative thickness, so it covers nothing.
-        length = torch.where(is_segment, length, 0.0)
-        half_thick = torch.where(is_segment, width / 2, blob_r)
-        half_thick = torch.where(active, half_thick, -1e3)
-        ex_all, ey_all = length * torch.cos(angle), length * torch.sin(angle)
-        inv_len2 = 1.0 / (ex_all * ex_all + ey_all * ey_all).clamp_min(1e-6)
-        for j in range(slots):  # a handful of slots, each batched over all images
-            ex, ey = per_image(ex_all[:, j]), per_image(ey_all[:, j])
-            wx, wy = xs - per_image(p0[:, j, 0]), ys - per_image(p0[:, j, 1])
-            inv = per_image(inv_len2[:, j])
-            t = (wx * (ex * inv) + wy * (ey * inv)).clamp_(0, 1)  # [M, S, S]
-            dist = torch.hypot(wx - t * ex, wy - t * ey)
-            cov = _coverage(dist - per_image(half_thick[:, j]))
-            img = torch.lerp(img, d_col[:, j, :, None, None], cov[:, None])
-
-    img = torch.lerp(img, colour[:, :, None, None], obj_cov[:, None])
-
-    # Partial occluder: a small box centred near the object's edge, in front of it.
-    present = torch.rand(m, generator=g) < d.occlusion
-    o_angle = _uniform(g, 0.0, 2 * math.pi, m)
-    o_dist = radius * _uniform(g, 0.55, 0.95, m)
-    ox = per_image(cx + o_dist * torch.cos(o_angle))
-    oy = per_image(cy + o_dist * torch.sin(o_angle))
-    # Scaled with the object so that it hides a part, never most, of a small shape.
-    half = radius[:, None] * _uniform(g, 0.2, 0.35, m, 2)
-    o_cov = _coverage(_box(xs - ox, ys - oy, per_image(half[:, 0]), per_image(half[:, 1])))
-    o_col = distractor_colour((m,))
-    obj_px = sdf_px < 0
-    # Never hide the whole object: its mask must stay non-empty.
-    visible_if_occluded = obj_px & (o_cov < 0.5)
-    present &= visible_if_occluded.flatten(1).any(1)
-    o_cov = o_cov * per_image(present.float())
-    img = torch.lerp(img, o_col[:, :, None, None], o_cov[:, None])
-    mask = obj_px & (o_cov < 0.5)
-
-    img = img.add_(torch.randn(img.shape, generator=g), alpha=d.noise)
-    return img.clamp_(0, 1), mask
-
-
 def generate_shapes(
     n: int, *, seed: int, **difficulty: object
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -375,7 +156,7 @@ def generate_shapes(
     masks = torch.empty(n, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
-        img, mask = _render(labels[start:stop], g, d)
+        img, mask = draw_batch(labels[start:stop], g, d, IMAGE_SIZE)
         images[start:stop] = img.mul(255).round_().to(torch.uint8)
         masks[start:stop] = mask
     return images, labels, masks
@@ -385,7 +166,7 @@ def generate_shapes(
 
 
 def split_seed(seed: int, split: str) -> int:
-    """The generator seed of one split: train and test never share a stream."""
+    """The generator seed of one split: train, val and test never share a stream."""
     digest = hashlib.blake2b(f"shapes/{seed}/{split}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
@@ -399,38 +180,43 @@ def _cache_file(kind: str, n: int, seed: int, d: Difficulty) -> Path:
 
 def _cached_generate(kind: str, n: int, seed: int, d: Difficulty) -> dict[str, torch.Tensor]:
     path = _cache_file(kind, n, seed, d)
-    cached = _load_cache(path)
+    cached = read_cache(path)
     if cached is not None:
         return cached
     images, labels, masks = generate_shapes(n, seed=seed, **asdict(d))
     payload = {"images": images, "labels": labels, "masks": masks}
-    atomic_save(payload, path)
+    write_cache(path, payload)
     return payload
 
 
 def _stats(seed: int, d: Difficulty) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std from a fixed-size train sample, so every split and size shares them."""
     path = _cache_file("stats", _STATS_SAMPLE, split_seed(seed, "train"), d)
-    cached = _load_cache(path)
+    cached = read_cache(path)
     if cached is not None:
         return tuple(cached["mean"]), tuple(cached["std"])
     images, _, _ = generate_shapes(_STATS_SAMPLE, seed=split_seed(seed, "train"), **asdict(d))
     mean, std = channel_stats(images)
-    atomic_save({"mean": mean, "std": std}, path)
+    write_cache(path, {"mean": mean, "std": std})
     return mean, std
 
 
 def load_shapes(
     split: str = "train", seed: int = 0, size: int | None = None, **difficulty: object
 ) -> ImageDataset:
-    """One split of ``shapes`` (cached): ``size`` images, default 20,000 train / 4,000 test.
+    """One split of ``shapes`` (cached): ``size`` images, default 20,000 train / 2,000 val /
+    4,000 test.
 
     Images uint8 ``[N, 3, 32, 32]``, labels int64 ``[N]``, masks bool ``[N, 32, 32]``.
     ``mean``/``std`` come from a 2,000-image sample of the train split with the same seed
     and difficulty, so they do not depend on ``size``.
+
+    Each split is its own random stream (:func:`split_seed`), so no image is shared
+    between them: every image carries independent Gaussian pixel noise on top of a random
+    scene, and two streams give equal images with probability nil. Adding ``val`` left
+    the train and test streams, and so their images, exactly as they were.
     """
-    if split not in DEFAULT_SIZES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_split(split)
     n = DEFAULT_SIZES[split] if size is None else int(size)
     if n <= 0:
         raise ValueError(f"size must be positive, got {n}")
