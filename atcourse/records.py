@@ -73,7 +73,10 @@ def code_version() -> str:
             git = ["git", "-C", str(root)]
             sha = subprocess.run(
                 [*git, "rev-parse", "--short", "HEAD"],
-                capture_output=True, text=True, timeout=5, check=True,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
             ).stdout.strip()
             dirty = subprocess.run(
                 [*git, "status", "--porcelain", "--untracked-files=no"],

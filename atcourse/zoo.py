@@ -46,7 +46,7 @@ def checkpoint_path(
     and of the name (``...-c0_1_2_3_4-...``).
     """
     key = {k: cfg.get(k) for k in (*RECIPE_KEYS, "seed") if k != "optimizer"}
-    key.update(arch=arch, version=ZOO_VERSION, role=role, data=_data_version(cfg["dataset"]))
+    key.update(arch=arch, version=ZOO_VERSION, role=role, data=_data_version(cfg))
     if cfg.get("optimizer") not in (None, "sgd"):  # SGD keys stay what they always were
         key["optimizer"] = cfg["optimizer"]
     subset = ""
@@ -60,11 +60,12 @@ def checkpoint_path(
     )
 
 
-def _data_version(dataset: str) -> str:
-    """What identifies the images: for the generated set, its version and difficulty."""
-    if dataset == "shapes":
+def _data_version(cfg: Config) -> str:
+    """What identifies the training images: for the generated set, its version and
+    difficulty; for real data, the validation images held out of the stored train split."""
+    if cfg["dataset"] == "shapes":
         return f"{SHAPES_VERSION}:{sorted(asdict(Difficulty()).items())}"
-    return dataset
+    return f"{cfg['dataset']}:val_size={cfg.get('val_size')}"
 
 
 def _load(path: Path) -> dict[str, Any] | None:
