@@ -22,8 +22,10 @@ Profiles:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from typing import Any
 __all__ = [
     "PROFILES", "PARAMS", "RECIPE_KEYS", "Param", "Config", "ConfigError", "configure",
     "profile_defaults", "declare_knobs", "knobs_of", "parameters", "method_of_knob",
+    "check_injected",
 ]  # fmt: skip
 
 
@@ -383,6 +386,53 @@ def _check(name: str, value: Any) -> Any:
     return table[name].check(name, value)
 
 
+def _assigned_names(source: str) -> set[str]:
+    """The names a cell's source assigns at its top level."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
+def check_injected(namespace: Mapping[str, Any]) -> None:
+    """In a notebook papermill runs, refuse names it injected that the notebook does not declare.
+
+    papermill writes ``-p`` values into a cell of their own, headed ``# Parameters``, right
+    after the cell tagged ``parameters``, and only warns ("Passed unknown parameter") about a
+    name that cell does not declare, so a misspelt knob would be ignored while the run goes
+    on. The kernel's input history (``In``) holds both cells; this compares them.
+
+    Args:
+        namespace: the notebook's globals (a no-op where there is no ``In`` history or no
+            injected cell, e.g. outside papermill).
+
+    Raises:
+        ConfigError: naming the unknown names and the notebook's parameters.
+    """
+    history = namespace.get("In")
+    if not isinstance(history, list):
+        return
+    marks = [i for i, src in enumerate(history) if isinstance(src, str)
+             and src.lstrip().startswith("# Parameters") and i > 0]  # fmt: skip
+    if not marks:
+        return
+    declared = _assigned_names(history[marks[-1] - 1])
+    unknown = sorted(_assigned_names(history[marks[-1]]) - declared)
+    if declared and unknown:
+        raise ConfigError(
+            f"papermill set {', '.join(map(repr, unknown))}, which this notebook does not "
+            f"declare (papermill only warns \"Passed unknown parameter\"). Its parameters "
+            f"are: {', '.join(sorted(declared))}"
+        )
+
+
 def configure(profile: str = "lab", *, verbose: bool = True, **params: Any) -> Config:
     """Validate a notebook's parameters, fill the profile's defaults and print the result.
 
@@ -398,8 +448,13 @@ def configure(profile: str = "lab", *, verbose: bool = True, **params: Any) -> C
 
     Raises:
         ConfigError: unknown name, wrong type or value out of range; the message names
-            the parameter and its valid values.
+            the parameter and its valid values. Called from a notebook that papermill runs,
+            also a name papermill injected that the notebook does not declare
+            (:func:`check_injected`).
     """
+    caller = inspect.currentframe()
+    if caller is not None and caller.f_back is not None:
+        check_injected(caller.f_back.f_globals)
     sources: dict[str, str] = {}
     env_profile = os.environ.get("ATCOURSE_PROFILE")
     if env_profile:

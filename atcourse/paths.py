@@ -21,7 +21,8 @@ from typing import BinaryIO
 
 __all__ = [
     "repo_root", "data_root", "runs_root", "checkpoint_root", "cache_root", "file_lock",
-    "atomic_write", "digest_path", "verify_digest", "CorruptFileError",
+    "atomic_write", "digest_path", "verify_digest", "CorruptFileError", "make_dirs",
+    "FolderError",
 ]  # fmt: skip
 
 
@@ -60,6 +61,34 @@ def cache_root() -> Path:
     return data_root() / "cache"
 
 
+class FolderError(OSError):
+    """A folder the course needs cannot be created or written; the message says how to fix it."""
+
+
+def make_dirs(path: str | Path) -> Path:
+    """Create ``path`` and its parents; a :class:`FolderError` naming the fix if it cannot."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise FolderError(
+            f"cannot create the folder {path}: {exc.filename or path} is a file, not a folder. "
+            + _where_hint(path)
+        ) from exc
+    except PermissionError as exc:
+        raise FolderError(f"cannot create the folder {path}: permission denied. "
+                          + _where_hint(path)) from exc  # fmt: skip
+    return path
+
+
+def _where_hint(path: Path) -> str:
+    for root, variable in ((runs_root(), "ATCOURSE_RUNS"), (data_root(), "ATCOURSE_DATA")):
+        if path == root or root in path.parents:
+            return (f"Set {variable} to a writable folder (it is {root}); `atcourse doctor` "
+                    "checks it.")  # fmt: skip
+    return "Choose a writable folder."
+
+
 @contextlib.contextmanager
 def file_lock(path: str | Path, *, waiting: str | None = None) -> Iterator[None]:
     """An exclusive lock between processes on ``path`` (POSIX flock).
@@ -70,13 +99,18 @@ def file_lock(path: str | Path, *, waiting: str | None = None) -> Iterator[None]
     correct for one process.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     try:
         import fcntl
     except ImportError:
         yield
         return
-    with open(path, "w") as fh:
+    try:
+        fh = open(path, "a")  # noqa: SIM115 - held for the whole block below
+    except PermissionError as exc:
+        raise FolderError(f"cannot open the lock file {path}: permission denied. "
+                          + _where_hint(path.parent)) from exc  # fmt: skip
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -147,8 +181,12 @@ def atomic_write(
     (:func:`digest_path`), for :func:`verify_digest` to check when it is read back.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dirs(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except PermissionError as exc:
+        raise FolderError(f"cannot write {path}: permission denied. "
+                          + _where_hint(path.parent)) from exc  # fmt: skip
     try:
         with os.fdopen(fd, "wb") as fh:
             if callable(content):

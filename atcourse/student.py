@@ -38,6 +38,9 @@ STUB = 'raise NotImplementedError("Exercise: write your solution here")'
 
 _BEGIN_RE = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
 _END_RE = re.compile(r"^(\s*)# END SOLUTION\s*$")
+# Anything that reads like a marker but is not one exactly ("# begin solution", "#BEGIN
+# SOLUTION", "# END SOLUTIONS"): taken as a typo, never as code to publish.
+_LOOKALIKE_RE = re.compile(r"^\s*#+\s*(begin|end)[\s_-]*solutions?\b", re.IGNORECASE)
 
 #: Cell and notebook metadata that record a run (timings, papermill status), not content.
 _RUN_METADATA = ("execution", "papermill")
@@ -53,7 +56,7 @@ _NOTE = (
 
 
 class SolutionMarkerError(ValueError):
-    """A ``# BEGIN SOLUTION`` without its ``# END SOLUTION``, or the other way round."""
+    """A marker without its pair, a nested one, or a line that looks like a marker but is not."""
 
 
 def stub_solutions(source: str, *, where: str = "cell") -> tuple[str, int]:
@@ -74,6 +77,11 @@ def stub_solutions(source: str, *, where: str = "cell") -> tuple[str, int]:
     open_line: int | None = None
     for number, line in enumerate(source.splitlines(), start=1):
         begin, end = _BEGIN_RE.match(line), _END_RE.match(line)
+        if not (begin or end) and _LOOKALIKE_RE.match(line):
+            raise SolutionMarkerError(
+                f"{where}, line {number}: {line.strip()!r} looks like a solution marker but is "
+                f"not one; write exactly {BEGIN!r} or {END!r}, so the solution is not published"
+            )
         if begin:
             if open_line is not None:
                 raise SolutionMarkerError(

@@ -442,7 +442,7 @@ def run_sweep(
             summary[job.name] = ("skipped", 0.0, "finished earlier (--resume)")
             print(f"[atcourse run] skip   {job.name}: finished earlier (--resume)", flush=True)
         else:
-            folder.mkdir(parents=True, exist_ok=True)
+            paths.make_dirs(folder)
             todo.append((job, folder, out, code))
     how = f"{jobs} at a time" if jobs > 1 else "one at a time"
     print(

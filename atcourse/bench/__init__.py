@@ -231,7 +231,7 @@ def run_bench(
     report["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
     path = _resolve_out(out, dev)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    paths.make_dirs(path.parent)
     report["json_path"] = str(path)
     path.write_text(json.dumps(report, indent=2, default=str))
     if progress:

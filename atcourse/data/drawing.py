@@ -12,13 +12,10 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from atcourse.data.shapes import Difficulty
 
 __all__ = ["SHAPE_SDFS", "draw_batch"]
 
@@ -26,6 +23,60 @@ __all__ = ["SHAPE_SDFS", "draw_batch"]
 # Signed distance functions in the object's own frame: (u, v) are pixel offsets from the
 # object's centre, rotated and divided by its radius, so every shape fits the unit disc.
 # Negative inside, positive outside, in units of the radius.
+
+#: The side of every ``shapes`` image, in pixels.
+IMAGE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """Knobs that make ``shapes`` harder or easier.
+
+    Attributes:
+        distractors: (min, max) number of distractors (segments and blobs) per image.
+        noise: std of the Gaussian pixel noise, in [0, 1] units.
+        size_range: (min, max) object size in pixels (diameter of its bounding circle).
+        contrast: minimum RGB distance (Euclidean, [0, 1] units) between the object's
+            colour and the mean background colour under it.
+        same_colour: probability that a distractor takes the object's colour family.
+        occlusion: probability that a small box covers part of the object's edge.
+        clutter: amplitude of the low-frequency background noise.
+    """
+
+    # Calibrated for the lab profile (see the module docstring): harder settings (the
+    # first version had 3-6 distractors, objects 9-18 px, clutter 0.35) kept WRN-16-1
+    # near chance for the first ~700 steps, too slow for a lab on a laptop CPU.
+    distractors: tuple[int, int] = (2, 4)
+    noise: float = 0.03
+    size_range: tuple[float, float] = (12.0, 22.0)
+    contrast: float = 0.35
+    same_colour: float = 0.25
+    occlusion: float = 0.15
+    clutter: float = 0.15
+
+    def __post_init__(self) -> None:
+        lo, hi = self.distractors
+        if not 0 <= lo <= hi:
+            raise ValueError(f"distractors must be (min, max) with 0 <= min <= max, got {lo, hi}")
+        smin, smax = self.size_range
+        if not 2.0 <= smin <= smax <= IMAGE_SIZE - 4:
+            raise ValueError(f"size_range must satisfy 2 <= min <= max <= 28, got {smin, smax}")
+        for name in ("noise", "contrast", "clutter"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("same_colour", "occlusion"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1]")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: object) -> Difficulty:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown shapes option(s) {unknown}; valid: {sorted(known)}")
+        # Lists (from JSON or a config) become the tuples the cache key expects.
+        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+        return cls(**clean)  # type: ignore[arg-type]
 
 
 def _disc(u: torch.Tensor, v: torch.Tensor, radius: float) -> torch.Tensor:

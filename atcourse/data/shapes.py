@@ -40,14 +40,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from atcourse.data.cache import read_cache, write_cache
 from atcourse.data.dataset import ImageDataset, channel_stats, check_split
-from atcourse.data.drawing import SHAPE_SDFS, draw_batch
+from atcourse.data.drawing import IMAGE_SIZE, SHAPE_SDFS, Difficulty, draw_batch
 from atcourse.paths import cache_root
 
 __all__ = [
@@ -63,7 +63,6 @@ __all__ = [
 
 # Part of every cache key: bump whenever the rendering changes.
 SHAPES_VERSION = "shapes-v2"
-IMAGE_SIZE = 32
 CLASSES = (
     "circle",
     "square",
@@ -83,57 +82,6 @@ assert len(SHAPE_SDFS) == len(CLASSES)
 _CHUNK = 2048
 # Train-split images generated to compute the normalization statistics.
 _STATS_SAMPLE = 2000
-
-
-@dataclass(frozen=True)
-class Difficulty:
-    """Knobs that make ``shapes`` harder or easier.
-
-    Attributes:
-        distractors: (min, max) number of distractors (segments and blobs) per image.
-        noise: std of the Gaussian pixel noise, in [0, 1] units.
-        size_range: (min, max) object size in pixels (diameter of its bounding circle).
-        contrast: minimum RGB distance (Euclidean, [0, 1] units) between the object's
-            colour and the mean background colour under it.
-        same_colour: probability that a distractor takes the object's colour family.
-        occlusion: probability that a small box covers part of the object's edge.
-        clutter: amplitude of the low-frequency background noise.
-    """
-
-    # Calibrated for the lab profile (see the module docstring): harder settings (the
-    # first version had 3-6 distractors, objects 9-18 px, clutter 0.35) kept WRN-16-1
-    # near chance for the first ~700 steps, too slow for a lab on a laptop CPU.
-    distractors: tuple[int, int] = (2, 4)
-    noise: float = 0.03
-    size_range: tuple[float, float] = (12.0, 22.0)
-    contrast: float = 0.35
-    same_colour: float = 0.25
-    occlusion: float = 0.15
-    clutter: float = 0.15
-
-    def __post_init__(self) -> None:
-        lo, hi = self.distractors
-        if not 0 <= lo <= hi:
-            raise ValueError(f"distractors must be (min, max) with 0 <= min <= max, got {lo, hi}")
-        smin, smax = self.size_range
-        if not 2.0 <= smin <= smax <= IMAGE_SIZE - 4:
-            raise ValueError(f"size_range must satisfy 2 <= min <= max <= 28, got {smin, smax}")
-        for name in ("noise", "contrast", "clutter"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        for name in ("same_colour", "occlusion"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1]")
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: object) -> Difficulty:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"unknown shapes option(s) {unknown}; valid: {sorted(known)}")
-        # Lists (from JSON or a config) become the tuples the cache key expects.
-        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-        return cls(**clean)  # type: ignore[arg-type]
 
 
 def generate_shapes(
