@@ -377,8 +377,10 @@ def fit(
     precision = precision_for(cfg["device"], cfg.get("precision") or "auto")
     setting = _setting(method, cfg, precision)
     if record and not replace and _finished(folder, setting, resume):
-        state = _load_checkpoint(folder / CHECKPOINT, precision.device)  # read-only folders too
-        return _returned(method, precision, state, name, folder)
+        # returned without the lock, so a read-only runs folder serves its finished runs
+        with contextlib.suppress(paths.CorruptFileError):  # handled below, under the lock
+            state = _load_checkpoint(folder / CHECKPOINT, precision.device)
+            return _returned(method, precision, state, name, folder)
     with _run_lock(folder, name, record):
         state = _existing(folder, setting, precision.device, resume, replace) if record else None
         run = _Run(method, cfg, precision, train_set, {"val": val_set, "test": test_set})
