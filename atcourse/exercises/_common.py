@@ -4,12 +4,13 @@ turns a wrong number into the name of a likely mistake."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["ExerciseError"]
+__all__ = ["ExerciseError", "Prediction"]
 
 
 class ExerciseError(AssertionError):
@@ -118,3 +119,43 @@ def _teacher_gets_no_grad(
             f"{what} sends gradients into the teacher's tensor: detach it "
             "(teacher.detach()) so the teacher is a fixed target"
         )
+
+
+# --------------------------------------------------------------------------- predict, then run
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One predict-then-run question (:mod:`atcourse.exercises.predictions` asks and checks it).
+
+    Attributes:
+        prompt: the question, asked before the experiment.
+        choices: name -> what predicting it means; the outcomes are the same names.
+        observed: the names of the measured values the check needs.
+        decide: measured values -> the name of the choice they support.
+        measured: measured values -> one line that states them.
+        why: outcome -> why the run came out that way, and what would change it.
+    """
+
+    prompt: str
+    choices: dict[str, str]
+    observed: tuple[str, ...]
+    decide: Callable[[dict[str, float]], str]
+    measured: Callable[[dict[str, float]], str]
+    why: dict[str, str]
+
+    def __post_init__(self) -> None:
+        if set(self.why) != set(self.choices):
+            raise ValueError("a prediction explains every outcome: why and choices differ")
+
+
+def _largest(values: dict[str, float], names: tuple[str, ...]) -> str:
+    return max(names, key=lambda name: values[name])
+
+
+def _smallest(values: dict[str, float], names: tuple[str, ...]) -> str:
+    return min(names, key=lambda name: values[name])
+
+
+def _percentages(values: dict[str, float], labels: dict[str, str]) -> str:
+    return ", ".join(f"{label} {values[name]:.1f}%" for name, label in labels.items())

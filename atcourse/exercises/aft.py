@@ -1,7 +1,11 @@
-"""Notebook 05, AFD (AFT-KD): the adaptive loss weights and the attentional feature block."""
+"""Notebook 05, AFD (AFT-KD): the adaptive loss weights and the attentional feature block.
+
+And the lesson's predict-then-run question (:mod:`atcourse.exercises.predictions`).
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,9 +20,17 @@ from atcourse.distill import (
     loss_decay_weights,
 )
 
-from ._common import ExerciseError, _as_tensor, _call, _diagnose, _inputs, _ok
+from ._common import (
+    ExerciseError,
+    Prediction,
+    _as_tensor,
+    _call,
+    _diagnose,
+    _inputs,
+    _ok,
+)
 
-__all__ = ["check_decay_weights", "check_attentional_feature_block"]
+__all__ = ["check_decay_weights", "check_attentional_feature_block", "ADAPTIVE_WEIGHTS"]
 
 
 def _label_maps(cams: Tensor, labels: Tensor) -> Tensor:
@@ -136,3 +148,42 @@ def check_attentional_feature_block(fn: Callable[[Tensor, Tensor, Tensor], Tenso
         what,
     )
     _ok(f"{what}: correct (CAM of the label from PreF, binarized, added to ReLU(PreF))")
+
+
+# --------------------------------------------------------------------------- predict, then run
+
+
+def _heavier_term(v: dict[str, float]) -> str:
+    if math.isclose(v["alpha"], v["beta"], rel_tol=0.0, abs_tol=1e-9):
+        return "neither"
+    return "ce" if v["alpha"] > v["beta"] else "afd"
+
+
+ADAPTIVE_WEIGHTS = Prediction(
+    prompt="With adaptive weights, alpha (on the cross-entropy) and beta (on the AFB loss) "
+    "follow Eq. (4): the loss that has fallen less since the first epoch gets the larger "
+    "weight, and alpha + beta = 2. Averaged over the epochs of the adaptive run, which term "
+    "will weigh more?",
+    choices={
+        "ce": "the cross-entropy: alpha above 1 on average",
+        "afd": "the AFB loss: beta above 1 on average",
+        "neither": "neither: both weights stay at 1",
+    },
+    observed=("alpha", "beta"),
+    decide=_heavier_term,
+    measured=lambda v: f"mean weights over the run: alpha {v['alpha']:.3f}, beta {v['beta']:.3f}",
+    why={
+        "ce": "The cross-entropy fell less than the AFB loss, each relative to its first "
+        "epoch: on shapes it stays near chance (ln 10) for the first epochs while the AFB loss "
+        "falls at once, so Dr_CE > Dr_AFD and the weight goes to the labels, the opposite of "
+        "'attention first'. A student that leaves its plateau early, or a longer "
+        "run in which the cross-entropy catches up, moves the average towards beta.",
+        "afd": "The cross-entropy fell faster than the AFB loss, each relative to its first "
+        "epoch, so the slower AFB term got the larger weight, as Eq. (4) intends. The weights "
+        "react to speeds, not to sizes: a student stuck near chance for longer would have "
+        "tipped them the other way.",
+        "neither": "The run was too short for a decay rate: the first two epochs run at "
+        "alpha = beta = 1 (no rate yet, then L^0 / L^0), and the smoke profile trains one "
+        "epoch. From the third epoch on, the slower-falling loss gets the larger weight.",
+    },
+)

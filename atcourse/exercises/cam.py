@@ -1,4 +1,7 @@
-"""Notebook 04, CAM and CAT-KD: class activation maps and the CAT loss."""
+"""Notebook 04, CAM and CAT-KD: class activation maps and the CAT loss.
+
+And the lesson's predict-then-run question (:mod:`atcourse.exercises.predictions`).
+"""
 
 from __future__ import annotations
 
@@ -12,16 +15,19 @@ from atcourse.distill import cat_loss, class_activation_maps
 
 from ._common import (
     ExerciseError,
+    Prediction,
     _as_tensor,
     _call,
     _diagnose,
     _inputs,
+    _largest,
     _ok,
+    _percentages,
     _require_scalar,
     _teacher_gets_no_grad,
 )
 
-__all__ = ["check_class_activation_maps", "check_cat_loss"]
+__all__ = ["check_class_activation_maps", "check_cat_loss", "CAT_KD_RANK"]
 
 
 def check_class_activation_maps(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
@@ -155,3 +161,32 @@ def check_cat_loss(fn: Callable[[Tensor, Tensor, int], Tensor]) -> None:
         f"{what}: correct ({got.item():.4f} at R=2, {got_r1.item():.4f} at R=1, which is "
         "the MSE of the bias-free logits), teacher detached"
     )
+
+
+# --------------------------------------------------------------------------- predict, then run
+
+
+_STUDENTS = {"kd": "KD", "at": "AT", "cat_kd": "CAT-KD"}
+
+CAT_KD_RANK = Prediction(
+    prompt="On CIFAR-100 the CAT-KD paper puts CAT-KD above KD and AT on each of the six "
+    "pairs of section 10's table (WRN-40-2 to WRN-16-2: 75.60 against 74.92 and 74.08). On "
+    "shapes, with the same budget for each, which of the three students will end with the "
+    "highest test accuracy?",
+    choices={"kd": "the KD student", "at": "the AT student", "cat_kd": "the CAT-KD student"},
+    observed=tuple(_STUDENTS),
+    decide=lambda v: _largest(v, tuple(_STUDENTS)),
+    measured=lambda v: "test accuracy: " + _percentages(v, _STUDENTS),
+    why={
+        "kd": "KD matches the softened outputs only; ahead of both map-based methods means "
+        "their map terms did not help this student within this budget. With one seed, a gap "
+        "of a point or two is noise.",
+        "at": "The reverse of the paper's order. With 10 classes and 8 x 8 maps there is "
+        "little class-specific layout to transfer, while AT matches three groups of feature "
+        "maps at up to 32 x 32: a richer signal for a small student on a short schedule. "
+        "With 100 classes and longer training the balance can turn (section 11).",
+        "cat_kd": "As in the paper: pooled to R x R, each class map keeps its mean, the "
+        "bias-free logit, so CAT contains KD-like logit matching, and adds where each "
+        "class's evidence sits. One seed cannot tell a gap of a point or two from noise.",
+    },
+)

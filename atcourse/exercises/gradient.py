@@ -1,4 +1,7 @@
-"""Notebook 03, gradient-based AT: the input gradient and the flip-invariance penalty."""
+"""Notebook 03, gradient-based AT: the input gradient and the flip-invariance penalty.
+
+And the lesson's predict-then-run question (:mod:`atcourse.exercises.predictions`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from atcourse.distill import flip_invariance_loss, input_gradient
 
 from ._common import (
     ExerciseError,
+    Prediction,
     _as_tensor,
     _call,
     _close,
@@ -18,9 +22,10 @@ from ._common import (
     _inputs,
     _ok,
     _require_scalar,
+    _smallest,
 )
 
-__all__ = ["check_input_gradient", "check_flip_penalty"]
+__all__ = ["check_input_gradient", "check_flip_penalty", "GRADIENT_DISTANCE"]
 
 
 class _SmoothNet(nn.Module):
@@ -137,3 +142,40 @@ def check_flip_penalty(fn: Callable[[nn.Module, Tensor, Tensor], Tensor]) -> Non
         what,
     )
     _ok(f"{what}: correct ({got.item():.5f} on the test images)")
+
+
+# --------------------------------------------------------------------------- predict, then run
+
+
+_STUDENTS = {"baseline": "alone", "gradient_at": "gradient AT", "at": "activation AT"}
+
+GRADIENT_DISTANCE = Prediction(
+    prompt="Gradient AT trains the student's input gradient J = dCE/dx to match the "
+    "teacher's; activation AT matches feature maps and never looks at a gradient. After "
+    "training, over the test set (section 5), whose input gradient will be closest to the "
+    "teacher's (the smallest mean ||J - J_T||)?",
+    choices={
+        "gradient_at": "the gradient-AT student",
+        "at": "the activation-AT student",
+        "baseline": "the student alone: neither method brings it closer",
+    },
+    observed=tuple(_STUDENTS),
+    decide=lambda v: _smallest(v, tuple(_STUDENTS)),
+    measured=lambda v: (
+        "mean ||J - J_T|| per test image: "
+        + ", ".join(f"{label} {v[name]:.3f}" for name, label in _STUDENTS.items())
+    ),
+    why={
+        "gradient_at": "The penalty minimises exactly this distance, so its student ends "
+        "closest. Part of a small distance can also be a student that barely reacts to its "
+        "input: small gradients everywhere are close to any small J_T.",
+        "at": "A student that looks where the teacher looks also reacts to the same pixels: "
+        "matching feature maps brings the input gradients along while the student learns its "
+        "task. Gradient AT's target is a sharp, pixel-level one, and its penalty, whose "
+        "gradient has the same size however close the two already are, holds its student "
+        "near the initial plateau (section 6).",
+        "baseline": "Neither method brought the gradient closer than training alone. After "
+        "an epoch or two (smoke) every student is still near its initialisation and the "
+        "distances differ by little; the penalties' effect needs a longer run.",
+    },
+)

@@ -1,4 +1,7 @@
-"""Notebook 01, Hinton KD: the softmax with temperature, the KD loss, the reduction bug."""
+"""Notebook 01, Hinton KD: the softmax with temperature, the KD loss, the reduction bug.
+
+And the lesson's predict-then-run question (:mod:`atcourse.exercises.predictions`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from atcourse.distill import kd_loss
 
 from ._common import (
     ExerciseError,
+    Prediction,
     _as_tensor,
     _call,
     _close,
@@ -23,7 +27,7 @@ from ._common import (
     _teacher_gets_no_grad,
 )
 
-__all__ = ["check_softmax_T", "check_kd_loss", "check_reduction_bug"]
+__all__ = ["check_softmax_T", "check_kd_loss", "check_reduction_bug", "KD_AGAINST_ALONE"]
 
 
 def check_softmax_T(fn: Callable[[Tensor, float], Tensor]) -> None:
@@ -208,3 +212,52 @@ def check_reduction_bug(
             f"with 'batchmean' (divides by B) for K = {K} classes"
         )
     _ok(f"reduction='batchmean' fixes it; the default was {K} times too small (K = {K})")
+
+
+# --------------------------------------------------------------------------- predict, then run
+
+
+def _kd_against_alone(v: dict[str, float]) -> str:
+    accuracy = v["kd_accuracy"] > v["baseline_accuracy"]
+    agreement = v["kd_agreement"] > v["baseline_agreement"]
+    if accuracy and agreement:
+        return "both"
+    return "accuracy" if accuracy else "agreement" if agreement else "neither"
+
+
+KD_AGAINST_ALONE = Prediction(
+    prompt="Same architecture, same epochs: one student learns from the labels alone, one "
+    "with KD. How will the KD student compare with the student alone, in test accuracy and "
+    "in top-1 agreement with the teacher (the share of test images where the student's top "
+    "class is the teacher's)?",
+    choices={
+        "both": "higher accuracy and higher agreement",
+        "agreement": "higher agreement, but not higher accuracy",
+        "accuracy": "higher accuracy, but not higher agreement",
+        "neither": "higher in neither",
+    },
+    observed=("kd_accuracy", "baseline_accuracy", "kd_agreement", "baseline_agreement"),
+    decide=_kd_against_alone,
+    measured=lambda v: (
+        f"test accuracy: KD {v['kd_accuracy']:.1f}%, alone "
+        f"{v['baseline_accuracy']:.1f}%; agreement with the teacher: KD {v['kd_agreement']:.1f}%, "
+        f"alone {v['baseline_agreement']:.1f}%"
+    ),
+    why={
+        "both": "The soft targets carry the teacher's ranking of every class, a richer signal "
+        "than one label, so the student learns both to answer right and to answer like the "
+        "teacher. With a teacher far above the student alone both move; with a teacher "
+        "barely better, or after a few epochs, a seed can decide the accuracy.",
+        "agreement": "KD's soft term measures closeness to the teacher's outputs, not to the "
+        "labels, so agreement is what it moves first. Accuracy follows only where the "
+        "teacher is right and the student alone is not; on a short run, or with one seed, "
+        "a small gain in accuracy can stay hidden.",
+        "accuracy": "An unusual outcome: KD optimises closeness to the teacher, yet here the "
+        "agreement did not rise. A teacher that is itself weak (the smoke profile trains it "
+        "for two epochs) makes agreeing with it worth little; otherwise look at the spread "
+        "over seeds before reading anything into it.",
+        "neither": "KD did not help in this run. A barely trained teacher (the smoke "
+        "profile's) has little to pass on, and a run of an epoch or two is too short for the "
+        "soft term to matter; at the lab profile's budget KD usually lifts both.",
+    },
+)

@@ -1,4 +1,7 @@
-"""Notebook 07, the leaderboard: the summary over seeds and the share of the gap closed."""
+"""Notebook 07, the leaderboard: the summary over seeds and the share of the gap closed.
+
+And the lesson's predict-then-run question (:mod:`atcourse.exercises.predictions`).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,14 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._common import ExerciseError, _call, _ok
+from ._common import (
+    ExerciseError,
+    Prediction,
+    _call,
+    _ok,
+)
 
-__all__ = ["check_seed_summary", "check_gap_closed"]
+__all__ = ["check_seed_summary", "check_gap_closed", "KD_AGAINST_NOISE"]
 
 
 def _as_pair(value: Any, what: str) -> tuple[float, float]:
@@ -98,3 +106,51 @@ def check_gap_closed(fn: Callable[[float, float, float], float]) -> None:
         f"gap_closed: AT closed {from_errors:.0%} of the teacher-student gap in the AT "
         f"paper's CIFAR-10 row; a negative share means the method hurt"
     )
+
+
+# --------------------------------------------------------------------------- predict, then run
+
+
+def _verdict(v: dict[str, float]) -> str:
+    if min(v["kd_n"], v["baseline_n"]) < 2:
+        return "cannot_tell"
+    se = math.sqrt(v["kd_std"] ** 2 / v["kd_n"] + v["baseline_std"] ** 2 / v["baseline_n"])
+    gap = v["kd_mean"] - v["baseline_mean"]
+    if abs(gap) <= 2 * se:
+        return "noise"
+    return "beats" if gap > 0 else "worse"
+
+
+KD_AGAINST_NOISE = Prediction(
+    prompt="Section 3's rule of thumb: a method beats the student alone when the gap between "
+    "the means is larger than about twice its standard error. For KD against the student "
+    "alone, with the runs your leaderboard holds once this notebook has trained what is "
+    "missing, what will the verdict be?",
+    choices={
+        "beats": "KD beats the student alone by more than the noise",
+        "noise": "the gap is within the noise",
+        "worse": "KD is worse than the student alone by more than the noise",
+        "cannot_tell": "cannot tell: a row has a single seed",
+    },
+    observed=("kd_mean", "kd_std", "kd_n", "baseline_mean", "baseline_std", "baseline_n"),
+    decide=_verdict,
+    measured=lambda v: (
+        f"KD {v['kd_mean']:.2f} ± {v['kd_std']:.2f}% over {v['kd_n']:.0f} "
+        f"seed(s), the student alone {v['baseline_mean']:.2f} ± {v['baseline_std']:.2f}% over "
+        f"{v['baseline_n']:.0f}"
+    ),
+    why={
+        "beats": "The gap is more than twice its standard error: KD's gain survives the "
+        "seed-to-seed spread, which here includes the teachers' (each seed trains its own). "
+        "Fewer seeds, or a weaker teacher in one of them, could have left it within the noise.",
+        "noise": "The gap is within twice its standard error: the seeds disagree too much to "
+        "rank the two rows. More seeds shrink the standard error; paired runs (the same seeds "
+        "and teachers for both) remove the teachers' share of the spread.",
+        "worse": "KD fell below the student alone by more than the noise: its soft targets "
+        "cost accuracy here, which a poor teacher does (a seed whose teacher ended weak "
+        "passes less on, or passes its mistakes on).",
+        "cannot_tell": "With a single seed there is no spread to compare the gap with, "
+        "however large it looks: another seed moves every run (in the stored three-seed lab "
+        "run the spreads were 5 to 8 points). `atcourse run 07 --seeds 0,1,2` gives three.",
+    },
+)

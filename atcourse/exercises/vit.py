@@ -1,4 +1,7 @@
-"""Notebook 06, ViT attention transfer: the attention-distillation loss and attention rollout."""
+"""Notebook 06, ViT attention transfer: the attention-distillation loss and attention rollout.
+
+And the lesson's predict-then-run question (:mod:`atcourse.exercises.predictions`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from atcourse.distill import attention_distillation_loss, attention_rollout
 
 from ._common import (
     ExerciseError,
+    Prediction,
     _as_tensor,
     _call,
     _diagnose,
@@ -20,7 +24,7 @@ from ._common import (
     _teacher_gets_no_grad,
 )
 
-__all__ = ["check_attention_distillation_loss", "check_attention_rollout"]
+__all__ = ["check_attention_distillation_loss", "check_attention_rollout", "COPY_SHARE"]
 
 
 def check_attention_distillation_loss(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
@@ -156,3 +160,55 @@ def check_attention_rollout(fn: Callable[[Sequence[Tensor]], Tensor]) -> None:
     ]
     _diagnose(got, expected, mistakes, what)
     _ok("attention_rollout: correct, rows sum to 1, first layer on the right")
+
+
+# --------------------------------------------------------------------------- predict, then run
+
+
+def _copy_share(v: dict[str, float]) -> str:
+    copy_gain = v["attn_copy"] - v["scratch"]
+    if copy_gain <= 0:
+        return "none"
+    finetune_gain = v["fine-tune"] - v["scratch"]
+    return "most" if finetune_gain <= 0 or copy_gain / finetune_gain > 0.5 else "some"
+
+
+def _copy_measured(v: dict[str, float]) -> str:
+    line = (
+        f"test accuracy: scratch {v['scratch']:.1f}%, fine-tune {v['fine-tune']:.1f}%, "
+        f"attention copy {v['attn_copy']:.1f}%"
+    )
+    finetune_gain = v["fine-tune"] - v["scratch"]
+    if finetune_gain <= 0:
+        return line + "; fine-tuning gained nothing over scratch in this run"
+    return line + f"; copy reached {(v['attn_copy'] - v['scratch']) / finetune_gain:.0%} of "
+    "fine-tuning's gain"
+
+
+COPY_SHARE = Prediction(
+    prompt="The teacher never saw the student's classes, and attention copy gives the "
+    "student nothing but the teacher's attention maps: it learns its patch embedding, "
+    "values, MLPs and classifier itself. What share of fine-tuning's gain over training from "
+    "scratch (in test accuracy) will attention copy reach?",
+    choices={
+        "most": "more than half of fine-tuning's gain",
+        "some": "some, up to half of it",
+        "none": "none: the copy student ends at or below scratch",
+    },
+    observed=("scratch", "fine-tune", "attn_copy"),
+    decide=_copy_share,
+    measured=_copy_measured,
+    why={
+        "most": "How information should flow between patches, which the maps encode, is a "
+        "large part of what pre-training taught the teacher, even on shapes it never saw: "
+        "with the routing given, the student only learns what to compute. The paper found "
+        "the same on ImageNet. The price: the teacher runs at inference too.",
+        "some": "The maps carry part of what pre-training taught, not the features: the copy "
+        "student must still learn its values and MLPs from nothing within the same budget, "
+        "while fine-tuning starts with them. A longer run closes part of that gap.",
+        "none": "The teacher's maps did not help within this budget. After a single epoch "
+        "(smoke) no student has left chance; after a longer run it means the teacher's "
+        "routing, learned on other shapes, did not suit the new classes, or the student had "
+        "too few steps to learn to use it.",
+    },
+)
