@@ -428,7 +428,7 @@ def check_injected(namespace: Mapping[str, Any]) -> None:
     if declared and unknown:
         raise ConfigError(
             f"papermill set {', '.join(map(repr, unknown))}, which this notebook does not "
-            f"declare (papermill only warns \"Passed unknown parameter\"). Its parameters "
+            f'declare (papermill only warns "Passed unknown parameter"). Its parameters '
             f"are: {', '.join(sorted(declared))}"
         )
 

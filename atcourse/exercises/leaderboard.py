@@ -1,0 +1,156 @@
+"""Notebook 07, the leaderboard: the summary over seeds and the share of the gap closed.
+
+And the lesson's predict-then-run question (:mod:`atcourse.exercises.predictions`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._common import (
+    ExerciseError,
+    Prediction,
+    _call,
+    _ok,
+)
+
+__all__ = ["check_seed_summary", "check_gap_closed", "KD_AGAINST_NOISE"]
+
+
+def _as_pair(value: Any, what: str) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ExerciseError(f"{what} should return a pair (mean, std), got {value!r}")
+    try:
+        return float(value[0]), float(value[1])
+    except (TypeError, ValueError) as err:
+        raise ExerciseError(f"{what} should return two numbers, got {value!r}") from err
+
+
+def check_seed_summary(fn: Callable[[Sequence[float]], tuple[float, float]]) -> None:
+    """Check ``fn(values) -> (mean, std)``: the mean and the *sample* standard deviation.
+
+    The leaderboard's spread over seeds divides by n - 1 (Bessel's correction): with three
+    seeds the population formula (divide by n) understates the spread by a fifth.
+    """
+    what = "seed_summary"
+    for values in ([0.80, 0.84, 0.85], [0.71, 0.69, 0.75, 0.70, 0.73]):
+        n = len(values)
+        mean = sum(values) / n
+        ss = sum((v - mean) ** 2 for v in values)
+        std = math.sqrt(ss / (n - 1))
+        got_mean, got_std = _as_pair(_call(fn, list(values)), what)
+        if not math.isclose(got_mean, mean, rel_tol=1e-6):
+            if math.isclose(got_mean, std, rel_tol=1e-6):
+                raise ExerciseError("you returned (std, mean): the order is (mean, std)")
+            raise ExerciseError(f"{what}: mean of {values} should be {mean:.6f}, got {got_mean}")
+        mistakes = [
+            (math.sqrt(ss / n), "you divided by n (the population std, np.std's default): "
+             "over a few seeds use the sample std, dividing by n - 1 (ddof=1)"),
+            (ss / (n - 1), "you returned the variance: take its square root"),
+            (ss / n, "you returned the population variance: divide by n - 1 and take the "
+             "square root"),
+            (std / math.sqrt(n), "that is the standard error of the mean (std / sqrt(n)); "
+             "the leaderboard shows the spread of single runs, the std itself"),
+        ]  # fmt: skip
+        if not math.isclose(got_std, std, rel_tol=1e-6):
+            for wrong, message in mistakes:
+                if math.isclose(got_std, wrong, rel_tol=1e-6):
+                    raise ExerciseError(message)
+            raise ExerciseError(f"{what}: std of {values} should be {std:.6f}, got {got_std}")
+    _ok("seed_summary: mean and sample standard deviation (n - 1), as in the leaderboard")
+
+
+def check_gap_closed(fn: Callable[[float, float, float], float]) -> None:
+    """Check ``fn(alone, distilled, teacher) -> fraction``: the share of the gap closed.
+
+    (distilled - alone) / (teacher - alone): 0 means no better than the student trained
+    alone, 1 means as good as the teacher. The same formula works on test errors (both
+    differences change sign), which is how papers' error tables compare with accuracies.
+    """
+    what = "gap_closed"
+    cases = [(91.23, 92.07, 93.69), (70.0, 75.0, 80.0), (64.60, 59.40, 74.64)]
+    for alone, distilled, teacher in cases:
+        expected = (distilled - alone) / (teacher - alone)
+        got = _call(fn, alone, distilled, teacher)
+        try:
+            got = float(got)
+        except (TypeError, ValueError) as err:
+            raise ExerciseError(f"{what} should return a number, got {got!r}") from err
+        if math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9):
+            continue
+        mistakes = [
+            (100 * expected, "you returned a percentage: return the fraction (1.0 = the "
+             "whole gap)"),
+            (-expected, "the sign is reversed: a student better than the one trained alone "
+             "should give a positive share"),
+            ((teacher - distilled) / (teacher - alone), "that is the share of the gap left "
+             "open (1 - the answer)"),
+            ((distilled - alone) / teacher, "divide by the gap (teacher - alone), not by the "
+             "teacher's accuracy"),
+            ((distilled - alone) / (teacher - distilled), "divide by the whole gap between "
+             "teacher and student alone (teacher - alone)"),
+        ]  # fmt: skip
+        for wrong, message in mistakes:
+            if math.isclose(got, wrong, rel_tol=1e-6, abs_tol=1e-9):
+                raise ExerciseError(message)
+        raise ExerciseError(
+            f"{what}({alone}, {distilled}, {teacher}) should be {expected:.4f}, got {got:.4f}"
+        )
+    errors = (8.77, 7.93, 6.31)  # the AT paper's test errors for the first case
+    from_errors = float(_call(fn, *errors))
+    if not math.isclose(from_errors, (7.93 - 8.77) / (6.31 - 8.77), rel_tol=1e-6):
+        raise ExerciseError("on test errors the same formula should give the same share")
+    _ok(
+        f"gap_closed: AT closed {from_errors:.0%} of the teacher-student gap in the AT "
+        f"paper's CIFAR-10 row; a negative share means the method hurt"
+    )
+
+
+# --------------------------------------------------------------------------- predict, then run
+
+
+def _verdict(v: dict[str, float]) -> str:
+    if min(v["kd_n"], v["baseline_n"]) < 2:
+        return "cannot_tell"
+    se = math.sqrt(v["kd_std"] ** 2 / v["kd_n"] + v["baseline_std"] ** 2 / v["baseline_n"])
+    gap = v["kd_mean"] - v["baseline_mean"]
+    if abs(gap) <= 2 * se:
+        return "noise"
+    return "beats" if gap > 0 else "worse"
+
+
+KD_AGAINST_NOISE = Prediction(
+    prompt="Section 3's rule of thumb: a method beats the student alone when the gap between "
+    "the means is larger than about twice its standard error. For KD against the student "
+    "alone, with the runs your leaderboard holds once this notebook has trained what is "
+    "missing, what will the verdict be?",
+    choices={
+        "beats": "KD beats the student alone by more than the noise",
+        "noise": "the gap is within the noise",
+        "worse": "KD is worse than the student alone by more than the noise",
+        "cannot_tell": "cannot tell: a row has a single seed",
+    },
+    observed=("kd_mean", "kd_std", "kd_n", "baseline_mean", "baseline_std", "baseline_n"),
+    decide=_verdict,
+    measured=lambda v: (
+        f"KD {v['kd_mean']:.2f} ± {v['kd_std']:.2f}% over {v['kd_n']:.0f} "
+        f"seed(s), the student alone {v['baseline_mean']:.2f} ± {v['baseline_std']:.2f}% over "
+        f"{v['baseline_n']:.0f}"
+    ),
+    why={
+        "beats": "The gap is more than twice its standard error: KD's gain survives the "
+        "seed-to-seed spread, which here includes the teachers' (each seed trains its own). "
+        "Fewer seeds, or a weaker teacher in one of them, could have left it within the noise.",
+        "noise": "The gap is within twice its standard error: the seeds disagree too much to "
+        "rank the two rows. More seeds shrink the standard error; paired runs (the same seeds "
+        "and teachers for both) remove the teachers' share of the spread.",
+        "worse": "KD fell below the student alone by more than the noise: its soft targets "
+        "cost accuracy here, which a poor teacher does (a seed whose teacher ended weak "
+        "passes less on, or passes its mistakes on).",
+        "cannot_tell": "With a single seed there is no spread to compare the gap with, "
+        "however large it looks: another seed moves every run (in the stored three-seed lab "
+        "run the spreads were 5 to 8 points). `atcourse run 07 --seeds 0,1,2` gives three.",
+    },
+)
