@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import at_least_fp32
 from .cam import binarize_cams, class_activation_maps
 
 __all__ = [
@@ -209,4 +210,4 @@ def afb_loss(student_afb: Tensor, teacher_afb: Tensor) -> Tensor:
             f"AFBs must be aligned first (align_features): got {tuple(student_afb.shape)} and "
             f"{tuple(teacher_afb.shape)}"
         )
-    return F.mse_loss(student_afb.float(), teacher_afb.detach().float())
+    return F.mse_loss(at_least_fp32(student_afb), at_least_fp32(teacher_afb.detach()))

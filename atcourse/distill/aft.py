@@ -56,7 +56,7 @@ from .afb import (
     merge_mask,
     pool_to,
 )
-from .base import Distiller, DistillOutput
+from .base import Distiller, DistillOutput, at_least_fp32
 from .cam import class_activation_maps
 from .loss_weights import AdaptiveLossWeights
 from .registry import register
@@ -334,8 +334,8 @@ class AFTKD(Distiller):
         """images [B, 3, H, W], labels [B] -> logits [B, K], {"ce", "afd"} and diagnostics."""
         logits, student, teacher = self.blocks(images, labels)
         with torch.no_grad():
-            feat = F.mse_loss(student["features"].float(), teacher["features"].float())
-            mask = (student["mask"].detach() - teacher["mask"]).abs().float().mean()
+            feat = afb_loss(student["features"], teacher["features"])
+            mask = at_least_fp32((student["mask"].detach() - teacher["mask"]).abs()).mean()
         terms = {
             "ce": F.cross_entropy(logits, labels),
             "afd": afb_loss(student["afb"], teacher["afb"]),

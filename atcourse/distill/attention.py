@@ -34,7 +34,7 @@ from ..config import Param
 from ..metrics import mask_alignment
 from ..models import Taps, tap_points
 from ..runtime import eval_mode
-from .base import Distiller, DistillOutput
+from .base import Distiller, DistillOutput, at_least_fp32
 from .kd import KD, kd_loss
 from .registry import register
 
@@ -67,8 +67,8 @@ def attention_map(
             ``"sum"`` and ``"mean"`` give the same map.
 
     Returns:
-        [B, H, W] non-negative maps, float32 (reduced-precision inputs are upcast so the
-        channel reduction and the norm do not lose digits).
+        [B, H, W] non-negative maps in the features' dtype, at least float32 (bf16/fp16
+        inputs are upcast so the channel reduction and the norm do not lose digits).
     """
     if features.dim() != 4:
         vit = " (a ViT block output [B, N, C]? reshape its patch tokens to a grid first)"
@@ -78,7 +78,7 @@ def attention_map(
         )
     if reduce not in _REDUCE:
         raise ValueError(f"reduce must be one of {', '.join(_REDUCE)}; got {reduce!r}")
-    powered = features.float().abs().pow(p)  # [B, C, H, W]
+    powered = at_least_fp32(features).abs().pow(p)  # [B, C, H, W]
     if reduce == "sum":
         maps = powered.sum(dim=1)
     elif reduce == "mean":
@@ -289,14 +289,9 @@ class AT(Distiller):
         return DistillOutput(logits, terms, {"ce": 1.0, "at": self.at_weight}, diagnostics)
 
     def hparams(self) -> dict[str, Any]:
-        return {
-            "beta": self.beta,
-            "p": self.p,
-            "mode": self.mode,
-            "reduce": self.reduce,
-            "layers": list(self.layers),
-            "teacher_layers": list(self.teacher_layers),
-        }
+        return {"beta": self.beta, "p": self.p, "mode": self.mode, "reduce": self.reduce,
+                "layers": list(self.layers),
+                "teacher_layers": list(self.teacher_layers)}  # fmt: skip
 
 
 @register("at+kd")

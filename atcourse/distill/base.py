@@ -17,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Param
 
-__all__ = ["DistillOutput", "Distiller", "Baseline", "freeze"]
+__all__ = ["DistillOutput", "Distiller", "Baseline", "freeze", "at_least_fp32"]
 
 
 @dataclass
@@ -51,6 +52,16 @@ class DistillOutput:
         for name, value in terms:
             total = total + self.weights.get(name, 1.0) * value
         return total
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is in a narrower float type (bf16, fp16), else as it is.
+
+    Losses and maps compute in their input's precision, but never below fp32: reductions
+    over many terms in bf16's 8-bit mantissa lose the digits the loss is made of, while a
+    float64 input stays float64 (the parity tests compare in float64).
+    """
+    return x.to(torch.promote_types(x.dtype, torch.float32)) if x.is_floating_point() else x
 
 
 def freeze(model: nn.Module) -> nn.Module:

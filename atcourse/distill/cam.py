@@ -189,4 +189,4 @@ def cam_alignment(
         _, cams = forward_cams(model, images, features=features, classifier=classifier)
     index = labels.to(cams.device).long()
     maps = cams[torch.arange(cams.shape[0], device=cams.device), index]  # [B, H, W]
-    return mask_alignment(F.relu(maps.float()), masks.to(maps.device))
+    return mask_alignment(F.relu(maps), masks.to(maps.device))

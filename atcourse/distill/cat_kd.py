@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..config import Param
 from ..models import Taps
 from ..models.cam_head import CAMHead, classifier_name, features_name, with_cam_head
-from .base import Distiller, DistillOutput
+from .base import Distiller, DistillOutput, at_least_fp32
 from .cam import binarize_cams, forward_cams
 from .registry import register
 
@@ -73,7 +73,8 @@ def cat_loss(
         normalize: L2-normalize each pooled class map (the reference's ``IF_NORMALIZE``).
 
     Returns:
-        A scalar, float32 (reduced-precision CAMs are upcast before pooling).
+        A scalar in the CAMs' dtype, at least float32 (bf16/fp16 CAMs are upcast before
+        pooling).
     """
     if student_cams.dim() != 4 or teacher_cams.dim() != 4:
         raise ValueError(
@@ -95,8 +96,8 @@ def cat_loss(
             f"{tuple(teacher_cams.shape[-2:])} teacher): pooling would copy cells, not "
             f"average them; use pool <= {smallest}"
         )
-    student = F.adaptive_avg_pool2d(student_cams.float(), pool)  # [B, K, R, R]
-    teacher = F.adaptive_avg_pool2d(teacher_cams.detach().float(), pool)
+    student = F.adaptive_avg_pool2d(at_least_fp32(student_cams), pool)  # [B, K, R, R]
+    teacher = F.adaptive_avg_pool2d(at_least_fp32(teacher_cams.detach()), pool)
     if normalize:
         student = F.normalize(student.flatten(2), dim=2).view_as(student)
         teacher = F.normalize(teacher.flatten(2), dim=2).view_as(teacher)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..config import Param
 from .attention import attention_map
-from .base import Distiller, DistillOutput
+from .base import Distiller, DistillOutput, at_least_fp32
 from .registry import register
 
 __all__ = [
@@ -87,8 +87,7 @@ def _gradient_and_logits(
         logits = model(x)
         # The sum, not the mean: row b of J is then dCE_b/dx_b, the gradient of image b's own
         # loss, whatever the batch size (the mean would divide every J by B).
-        logits_fp = logits.to(torch.promote_types(logits.dtype, torch.float32))  # >= fp32
-        ce_sum = F.cross_entropy(logits_fp, labels, reduction="sum")
+        ce_sum = F.cross_entropy(at_least_fp32(logits), labels, reduction="sum")
         (grad,) = torch.autograd.grad(ce_sum, x, create_graph=create_graph)
     return grad, logits
 
@@ -233,7 +232,7 @@ class GradientAT(Distiller):
     runs one forward and one backward (no graph kept).
 
     Precision. The forward runs in fp32 with autocast switched off, even inside the
-    trainer's bf16 autocast on CUDA (inputs are cast to float32). Under bf16 the input
+    trainer's bf16 autocast (inputs are cast to at least float32). Under bf16 the input
     gradient would be a backward pass in 8-bit mantissas: J is a small quantity (a
     per-pixel sensitivity, typically 1e-4 to 1e-2 here) computed as a sum of many products,
     and the difference J_S - J_T of two such rounded tensors, then differentiated a second
@@ -299,7 +298,7 @@ class GradientAT(Distiller):
         terms: dict[str, Tensor] = {}
         weights: dict[str, float] = {"ce": 1.0}
         with _no_autocast(images.device):  # fp32 double backward (see the class docstring)
-            images = images.float()
+            images = at_least_fp32(images)  # a float64 model stays in float64
             if self.mode == "teacher":
                 grad_at, logits, _ = _gradient_at(self.student, self.teacher, images, labels)
             else:
@@ -307,7 +306,7 @@ class GradientAT(Distiller):
                 if self.mode == "both":
                     grad_t = input_gradient(self.teacher, images, labels).detach()
                     grad_at = _mean_distance(grad_s, grad_t)
-            terms["ce"] = F.cross_entropy(logits.float(), labels)
+            terms["ce"] = F.cross_entropy(at_least_fp32(logits), labels)
             if self.mode != "flip":
                 terms["grad_at"] = grad_at
                 weights["grad_at"] = self.beta / 2

@@ -49,7 +49,7 @@ from ..config import Param
 from ..models import Taps
 from ..models.vit import Attention
 from ..models.vit_maps import attention_layers, attention_probs, resolve_layers, tap_names
-from .base import Distiller, DistillOutput
+from .base import Distiller, DistillOutput, at_least_fp32
 from .registry import register
 
 __all__ = [
@@ -80,10 +80,6 @@ def _check_maps(student: Tensor, teacher: Tensor, what: str) -> None:
         raise ValueError(f"{what}: maps must be square (N, N), got {tuple(student.shape[-2:])}")
 
 
-def _upcast(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def attention_distillation_loss(student_attn_logits: Tensor, teacher_attn_logits: Tensor) -> Tensor:
     """KL(teacher || student) of the softmaxed attention rows, one layer.
 
@@ -106,8 +102,8 @@ def attention_distillation_loss(student_attn_logits: Tensor, teacher_attn_logits
         log-softmax does not lose digits).
     """
     _check_maps(student_attn_logits, teacher_attn_logits, "attention_distillation_loss")
-    log_q = F.log_softmax(_upcast(student_attn_logits), dim=-1)
-    log_p = F.log_softmax(_upcast(teacher_attn_logits.detach()), dim=-1)
+    log_q = F.log_softmax(at_least_fp32(student_attn_logits), dim=-1)
+    log_p = F.log_softmax(at_least_fp32(teacher_attn_logits.detach()), dim=-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # (B, heads, N)
     return kl.mean()
 
@@ -126,7 +122,7 @@ def attention_overlap(student_probs: Tensor, teacher_probs: Tensor) -> Tensor:
         A scalar in [0, 1].
     """
     _check_maps(student_probs, teacher_probs, "attention_overlap")
-    return torch.minimum(student_probs.float(), teacher_probs.float()).sum(-1).mean()
+    return torch.minimum(at_least_fp32(student_probs), at_least_fp32(teacher_probs)).sum(-1).mean()
 
 
 # ----------------------------------------------------------------------------- layers
