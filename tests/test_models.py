@@ -321,3 +321,24 @@ def test_conv_stem_keeps_the_token_grid() -> None:
         build("vit_tiny", stem="conv", patch_size=3, image_size=24)
     with pytest.raises(ValueError, match="stem"):
         build("vit_tiny", stem="hybrid")
+
+
+def test_wrn_initialises_as_the_reference():
+    # attention-transfer utils.py: He-normal (fan-in) convs and classifier, BN scale U(0, 1)
+    model = build("wrn_16_2", num_classes=10, seed=0)
+    gammas = torch.cat([m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert 0.0 <= gammas.min() and gammas.max() <= 1.0 and gammas.std() > 0.2
+    fc = model.fc.weight  # [10, 128]
+    assert fc.std().item() == pytest.approx((2 / 128) ** 0.5, rel=0.15)
+    assert torch.count_nonzero(model.fc.bias) == 0
+
+
+def test_catkd_student_head_initialises_as_the_reference():
+    from atcourse.distill import CATKD
+
+    student, teacher = build("resnet8x4", num_classes=100, seed=0), build("resnet8x4", 100)
+    method = CATKD(student, teacher)
+    head = method.student.get_submodule("fc").weight  # [100, 256, 1, 1]
+    assert head.std().item() == pytest.approx((2 / 100) ** 0.5, rel=0.1)  # 0.141, not 0.036
+    kept = CATKD(build("resnet8x4", 100, seed=0), teacher, init_head=False)
+    assert kept.student.get_submodule("fc").weight.std().item() < 0.05  # nn.Linear's default

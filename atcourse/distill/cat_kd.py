@@ -233,6 +233,9 @@ class CATKD(Distiller):
         features, teacher_features: the feature layers (None: the ``"features"`` tap points).
         classifier, teacher_classifier: the linear classifiers (None: the ``"classifier"``
             tap points).
+        init_head: initialise the student's CAM head as the reference does (He-normal over
+            the fan-out, std sqrt(2 / K)); False keeps the weights of the student's own
+            classifier (for a student that is not freshly built).
 
     Loss terms: ``"ce"`` (weight 1) and ``"cat"`` (weight beta, unweighted value logged).
     """
@@ -274,6 +277,7 @@ class CATKD(Distiller):
         teacher_features: str | None = None,
         classifier: str | None = None,
         teacher_classifier: str | None = None,
+        init_head: bool = True,
     ):
         # Everything is checked before any model is converted or frozen, so a bad argument
         # leaves both as they were.
@@ -324,6 +328,11 @@ class CATKD(Distiller):
             beta = pair.beta if pair is not None else default_beta(normalize)
 
         student = with_cam_head(student, classifier=s_clf)
+        if init_head:
+            # The reference builds its students with the 1x1-convolution head and initialises
+            # it as every convolution there: He-normal over the fan-out (std sqrt(2 / K)).
+            head = student.get_submodule(s_clf)
+            torch.nn.init.kaiming_normal_(head.weight, mode="fan_out", nonlinearity="relu")
         teacher = with_cam_head(teacher, classifier=t_clf, copy=True)
         super().__init__(student, teacher)
         self.beta = float(beta)

@@ -127,9 +127,10 @@ def with_cam_head(
     and :func:`forward_cams` returns its CAMs along with its logits. This is CAT-KD's
     network for teacher and student alike. The reference implementation builds the
     student with this head from the start and converts the pretrained teacher by copying
-    ``fc.weight`` into the 1x1 kernel and discarding ``fc.bias``; converting a freshly
-    built student here does the same, and keeps its initial weights identical to those
-    of the other methods' students (only the bias, which starts at zero in a WRN, goes).
+    ``fc.weight`` into the 1x1 kernel and discarding ``fc.bias``. Conversion copies; a
+    freshly built student's head is then initialised as the reference's by
+    :class:`~atcourse.distill.CATKD` (He-normal over the fan-out), the rest of its weights
+    identical to the other methods' students.
 
     Args:
         model: a network ending in global average pooling and an ``nn.Linear``.

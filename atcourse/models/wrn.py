@@ -117,13 +117,16 @@ class WideResNet(nn.Module):
         return nn.Sequential(*blocks)
 
     def _init_weights(self) -> None:
+        """The reference's initialisation (attention-transfer ``utils.py``): He-normal
+        (fan-in) convolutions and classifier, batch-norm scales drawn from U(0, 1), zero
+        biases and shifts."""
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
+                nn.init.uniform_(m.weight, 0.0, 1.0)
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
