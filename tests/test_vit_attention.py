@@ -18,7 +18,7 @@ from atcourse.distill.vit_attention import (
     attention_agreement,
     attention_distillation_loss,
     attention_overlap,
-    default_distill_layers,
+    default_layers,
 )
 from atcourse.metrics import evaluate
 from atcourse.models import build
@@ -107,11 +107,19 @@ def test_overlap():
 # --- layers ----------------------------------------------------------------------------------
 
 
-def test_default_layers_leave_the_last_quarter_free():
-    assert default_distill_layers(24) == list(range(18))  # the paper's ViT-L
-    assert default_distill_layers(12) == list(range(9))  # the reference code's ViT-B
-    assert default_distill_layers(6) == [0, 1, 2, 3]
-    assert default_distill_layers(1) == [0]
+def test_default_layers_follow_the_released_code_and_name_the_papers_text():
+    # the released code: end_layer=-3 for both methods, blocks 0..20 of a 24-block ViT-L
+    for method in ("copy", "distill"):
+        assert default_layers(24, method) == list(range(21))
+        assert default_layers(6, method) == [0, 1, 2]
+        assert default_layers(2, method) == [0]  # at least one block
+    # the paper's text: copy every block, distill all but the last quarter
+    assert default_layers(24, "copy", "paper") == list(range(24))
+    assert default_layers(24, "distill", "paper") == list(range(18))
+    assert default_layers(6, "distill", "paper") == [0, 1, 2, 3]
+    assert default_layers(1, "distill", "paper") == [0]
+    with pytest.raises(ValueError, match="rule must be one of"):
+        default_layers(6, "copy", "everything")
 
 
 def test_resolve_layers():
@@ -138,7 +146,7 @@ def _zero_queries_and_keys(model) -> None:
 
 def test_attention_copy_ignores_the_students_queries_and_keys():
     teacher, student = _vit().eval(), _vit().eval()
-    method = AttentionCopy(student, teacher)
+    method = AttentionCopy(student, teacher, attn_layers="all")
     x = _images()
     with torch.no_grad():
         before = method.predict(x)
@@ -152,7 +160,7 @@ def test_attention_copy_ignores_the_students_queries_and_keys():
 
 def test_attention_copy_uses_the_teachers_probabilities():
     teacher, student = _vit().eval(), _vit().eval()
-    method = AttentionCopy(student, teacher)
+    method = AttentionCopy(student, teacher, attn_layers="all")
     x = _images()
     t_maps = attention_probs(teacher, x)
     s_maps = attention_probs(student, x, predict=method.predict)
@@ -177,7 +185,7 @@ def test_attention_copy_of_some_layers_only():
 
 def test_attention_copy_gives_queries_and_keys_no_gradient():
     teacher, student = _vit(), _vit()
-    method = AttentionCopy(student, teacher)
+    method = AttentionCopy(student, teacher, attn_layers="all")
     method.train()
     out = method(_images(4), torch.tensor([0, 1, 2, 3]))
     out.total.backward()
@@ -356,7 +364,7 @@ def test_rollout_by_hand():
 def test_agreement_is_perfect_for_a_copy_student_and_a_clone():
     teacher = _vit().eval()
     x = _images(4)
-    copy = AttentionCopy(_vit(), teacher)
+    copy = AttentionCopy(_vit(), teacher, attn_layers="all")
     agree = attention_agreement(copy.student, teacher, x, predict=copy.predict, batch_size=3)
     assert agree["layers"] == [0, 1, 2]
     assert all(v == pytest.approx(1.0, abs=1e-5) for v in agree["overlap"])

@@ -22,10 +22,15 @@ from a pre-trained teacher ViT to a randomly initialised student of the same sha
   entropy ``H(p)`` does not depend on the student, so the gradients are those of the KL
   divergence; :func:`attention_distillation_loss` returns the KL form (0 when the maps
   agree). The reference implementation (``models_dual_vit.py`` of the authors'
-  repository) sums the per-layer terms over layers ``0 .. depth - 7`` of a 24-layer ViT-L
-  (the last 6 left free), weight ``w = 3.0``, all heads, CLS token included; the teacher
-  runs under ``no_grad``. Only the student needs the teacher during training; at
-  inference it stands alone.
+  repository) sums the per-layer terms over its transferred layers, weight ``w = 3.0``, all
+  heads, CLS token included; the teacher runs under ``no_grad``. Only the student needs the
+  teacher during training; at inference it stands alone.
+
+Which layers. The paper's text copies attention in every layer and distills layers 0..17 of
+a 24-layer ViT-L (the last 6 left free); its released code runs both methods with
+``end_layer=-3``, blocks 0..20 of 24, which ``main_finetune.py`` never changes. The course
+follows the code by default and names the paper's choice ``"paper"``
+(:func:`default_layers`).
 
 Attention probabilities cannot be read out of the fused ``scaled_dot_product_attention``
 kernel, which never stores the ``(N, N)`` matrix; :class:`~atcourse.models.vit.Attention`
@@ -53,7 +58,7 @@ from .base import Distiller, DistillOutput, at_least_fp32
 from .registry import register
 
 __all__ = [
-    "attention_distillation_loss", "attention_overlap", "default_distill_layers",
+    "attention_distillation_loss", "attention_overlap", "default_layers", "LAYER_RULES",
     "attention_agreement", "AttentionDistillation", "AttentionCopy", "DISTILL_WEIGHT",
 ]  # fmt: skip
 
@@ -128,16 +133,44 @@ def attention_overlap(student_probs: Tensor, teacher_probs: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- layers
 
 
-def default_distill_layers(depth: int) -> list[int]:
-    """All layers but the last quarter (rounded half up): ``0 .. depth - (depth + 2) // 4 - 1``.
+#: Named layer selections besides indices and "all"/"early"/"late" (:func:`default_layers`).
+LAYER_RULES = ("code", "paper")
 
-    The paper distills layers 0..17 of a 24-layer ViT-L and leaves the last 6 free, so the
-    student's top layers can specialise for its own task; the reference code does the same
-    on ViT-B (12 layers, the last 3 free). At least one layer is always distilled.
+
+def default_layers(depth: int, method: str, rule: str = "code") -> list[int]:
+    """The blocks attention transfer uses when none are named: the released code's, or the paper's.
+
+    - ``"code"`` (the default): as the authors' released code runs it. Its models take
+      ``end_layer=-3`` and ``main_finetune.py`` never changes it, so attention copy and
+      attention distillation both act on every block but the last 3: blocks 0..20 of a
+      24-block ViT-L. On the course's 6-block ViT that leaves the last 3 of 6 free.
+    - ``"paper"``: the paper's text: attention copy in every block; attention distillation
+      in all but the last quarter (blocks 0..17 of 24, the last 6 free; rounded half up).
+
+    The code's rule is the default because the published numbers come from it; at least one
+    block is always transferred.
+
+    Args:
+        depth: number of blocks; method: ``"copy"`` or ``"distill"``; rule: a
+            :data:`LAYER_RULES` name.
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
+    if rule not in LAYER_RULES or method not in ("copy", "distill"):
+        raise ValueError(f"rule must be one of {LAYER_RULES} and method 'copy' or 'distill', "
+                         f"got {rule!r}, {method!r}")  # fmt: skip
+    if rule == "code":
+        return list(range(max(1, depth - 3)))
+    if method == "copy":
+        return list(range(depth))
     return list(range(max(1, depth - (depth + 2) // 4)))
+
+
+def _layers(spec: Sequence[int] | str | None, depth: int, method: str) -> list[int]:
+    """The blocks a method transfers: a rule's (None: ``"code"``), or :func:`resolve_layers`'."""
+    if spec is None or spec in LAYER_RULES:
+        return default_layers(depth, method, spec or "code")
+    return resolve_layers(spec, depth, default_layers(depth, method))
 
 
 def _check_pair(student: nn.Module, teacher: nn.Module) -> tuple[list[Attention], list[Attention]]:
@@ -182,7 +215,7 @@ class AttentionDistillation(Distiller):
         attn_weight: the weight ``w`` of the summed per-layer terms (3.0, the reference
             implementation's ``atd_weight``).
         attn_layers: which blocks to distill: indices, ``"all"``, ``"early"``, ``"late"``,
-            or None for :func:`default_distill_layers` (all but the last quarter).
+            ``"code"`` or ``"paper"`` (:func:`default_layers`; None is ``"code"``).
         log_layers: also report each layer's term as the diagnostic ``"attn/<i>"``.
 
     Loss terms: ``"ce"`` and ``"attn"`` (sum over the layers, unweighted); diagnostics,
@@ -194,7 +227,8 @@ class AttentionDistillation(Distiller):
         "attn_weight": Param(float, "weight of the summed per-layer attention terms", min=0.0),
         "attn_layers": Param(
             (tuple, str),
-            "ViT blocks to transfer: indices, 'all', 'early' or 'late' (None: the default)",
+            "ViT blocks to transfer: indices, 'all', 'early', 'late', 'code' (the released "
+            "code's: all but the last 3; None) or 'paper' (the paper's text)",
             items=int,
         ),
     }
@@ -212,7 +246,7 @@ class AttentionDistillation(Distiller):
         if attn_weight < 0:
             raise ValueError(f"attn_weight must be >= 0, got {attn_weight}")
         depth = len(s_layers)
-        layers = resolve_layers(attn_layers, depth, default_distill_layers(depth))
+        layers = _layers(attn_layers, depth, "distill")
         super().__init__(student, teacher)
         self.attn_weight = float(attn_weight)
         self.attn_layers = layers
@@ -253,8 +287,8 @@ class AttentionCopy(Distiller):
     Args:
         student: a ViT, randomly initialised.
         teacher: a ViT of the same depth, heads and token count (frozen here).
-        attn_layers: which blocks get the teacher's maps: indices, ``"all"`` (None, the
-            paper's setting), ``"early"`` or ``"late"``.
+        attn_layers: which blocks get the teacher's maps: indices, ``"all"``, ``"early"``,
+            ``"late"``, ``"code"`` or ``"paper"`` (:func:`default_layers`; None is ``"code"``).
 
     Loss terms: ``"ce"``.
     """
@@ -273,7 +307,7 @@ class AttentionCopy(Distiller):
     ):
         s_layers, _ = _check_pair(student, teacher)
         depth = len(s_layers)
-        layers = resolve_layers(attn_layers, depth, list(range(depth)))
+        layers = _layers(attn_layers, depth, "copy")
         super().__init__(student, teacher)
         self.attn_layers = layers
         self._names = tap_names(layers, "probs")
