@@ -27,9 +27,9 @@ register("baseline", teacher=False)(Baseline)
 # isort: split
 from .afb import afb_loss, align_features, attentional_feature_block, binary_mask  # noqa: E402
 from .aft import AFTKD  # noqa: E402
+from .at_kd import ATKD  # noqa: E402
 from .attention import (  # noqa: E402
     AT,
-    ATKD,
     at_loss,
     attention_alignment,
     attention_map,

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Param
-from ..models import Taps, tap_points
+from ..models import Taps, forward_with_taps, tap_points
 from ..models.cam_head import classifier_name
 from .afb import (
     ALIGNS,
@@ -288,6 +288,17 @@ class AFTKD(Distiller):
         """The teacher's 1x1 convolution, [K, C_t]: always its classifier."""
         return self.teacher.get_submodule(self.teacher_classifier).weight
 
+    def _teacher_targets(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(the teacher's tapped features, its logits) for this batch."""
+        name = f"afd_source/{self.teacher_layer}"
+
+        def compute() -> dict[str, Tensor]:
+            logits, taps = forward_with_taps(self.teacher, images, [self.teacher_layer])
+            return {name: taps[self.teacher_layer], "logits": logits}
+
+        got = self.teacher_outputs([name, "logits"], compute)
+        return got[name], got["logits"]
+
     def blocks(
         self, images: Tensor, labels: Tensor
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
@@ -301,9 +312,7 @@ class AFTKD(Distiller):
         with Taps(self.student, self.layer) as taps:
             logits = self.student(images)
         s_pre = taps[self.layer]
-        with torch.no_grad(), Taps(self.teacher, self.teacher_layer, detach=True) as t_taps:
-            t_logits = self.teacher(images)
-        t_pre = t_taps[self.teacher_layer]
+        t_pre, t_logits = self._teacher_targets(images)
         classes = labels if self.cam_class == "label" else t_logits.argmax(1)
         s_mask = binary_mask(
             class_maps(class_activation_maps(s_pre, self.student_cam_weight()), classes),

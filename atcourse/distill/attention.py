@@ -32,14 +32,13 @@ from torch import Tensor, nn
 
 from ..config import Param
 from ..metrics import mask_alignment
-from ..models import Taps, tap_points
+from ..models import Taps, forward_until, forward_with_taps, tap_points
 from ..runtime import eval_mode
 from .base import Distiller, DistillOutput, at_least_fp32
-from .kd import KD, kd_loss
 from .registry import register
 
 __all__ = [
-    "attention_map", "at_loss", "attention_maps", "attention_alignment", "AT", "ATKD",
+    "attention_map", "at_loss", "teacher_map", "attention_maps", "attention_alignment", "AT",
     "CODE_BETA", "PAPER_BETA",
 ]  # fmt: skip
 
@@ -90,14 +89,33 @@ def attention_map(
     return maps
 
 
-def _match_sizes(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
-    """Average-pool whichever feature map is larger down to the other's H x W."""
-    size = (min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1]))
-    if student.shape[-2:] != size:
-        student = F.adaptive_avg_pool2d(student, size)
-    if teacher.shape[-2:] != size:
-        teacher = F.adaptive_avg_pool2d(teacher, size)
-    return student, teacher
+def _pooled(features: Tensor, size: tuple[int, int]) -> Tensor:
+    """Features average-pooled to ``size`` (H, W) when they are larger."""
+    return features if tuple(features.shape[-2:]) == size else F.adaptive_avg_pool2d(features, size)
+
+
+def teacher_map(
+    teacher_features: Tensor, student_size: tuple[int, int], p: float = 2, reduce: str = "mean"
+) -> Tensor:
+    """The teacher's normalized map as :func:`at_loss` compares it with a student's.
+
+    When the two feature maps differ in size, the larger is average-pooled to the smaller
+    first; this is the teacher's side of that: pooled to ``min(teacher, student)`` size,
+    then :func:`attention_map`. [B, C, H, W] -> [B, h, w].
+    """
+    size = tuple(min(t, s) for t, s in zip(teacher_features.shape[-2:], student_size))
+    return attention_map(_pooled(teacher_features.detach(), size), p, reduce)
+
+
+def _map_distance(
+    student_features: Tensor, target: Tensor, p: float, mode: str, reduce: str
+) -> Tensor:
+    """The AT loss of one pair from the student's features and the teacher's map."""
+    student = _pooled(student_features, tuple(target.shape[-2:]))
+    diff = (attention_map(student, p, reduce) - target).flatten(1)  # [B, H*W]
+    if mode == "code":
+        return diff.pow(2).mean()
+    return diff.norm(p=p, dim=1).mean()
 
 
 def at_loss(
@@ -143,12 +161,8 @@ def at_loss(
             f"batch sizes differ: student {student_features.shape[0]}, "
             f"teacher {teacher_features.shape[0]}"
         )
-    student, teacher = _match_sizes(student_features, teacher_features.detach())
-    diff = attention_map(student, p, reduce) - attention_map(teacher, p, reduce)
-    diff = diff.flatten(1)  # [B, H*W]
-    if mode == "code":
-        return diff.pow(2).mean()
-    return diff.norm(p=p, dim=1).mean()
+    target = teacher_map(teacher_features, tuple(student_features.shape[-2:]), p, reduce)
+    return _map_distance(student_features, target, p, mode, reduce)
 
 
 def _layer_list(layers: Sequence[str] | str) -> list[str]:
@@ -259,18 +273,33 @@ class AT(Distiller):
             logits = self.student(images)
         return logits, [taps[name] for name in self.layers]
 
-    def _teacher_forward(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
-        with torch.no_grad(), Taps(self.teacher, self.teacher_layers, detach=True) as taps:
-            logits = self.teacher(images)
-        return logits, [taps[name] for name in self.teacher_layers]
+    def _teacher_targets(
+        self, images: Tensor, student_feats: list[Tensor], with_logits: bool = False
+    ) -> tuple[Tensor | None, list[Tensor]]:
+        """(teacher logits or None, the teacher's maps as each pair's loss compares them)."""
+        sizes = [tuple(f.shape[-2:]) for f in student_feats]
+        names = [f"at_map/{t}/{h}x{w}/p{self.p:g}/{self.reduce}"
+                 for t, (h, w) in zip(self.teacher_layers, sizes)]  # fmt: skip
+
+        def compute() -> dict[str, Tensor]:
+            if with_logits:
+                logits, feats = forward_with_taps(self.teacher, images, self.teacher_layers)
+            else:  # the maps need no more of the teacher than its last tapped layer
+                logits, feats = None, forward_until(self.teacher, images, self.teacher_layers)
+            out = {name: teacher_map(feats[t], size, self.p, self.reduce)
+                   for name, t, size in zip(names, self.teacher_layers, sizes)}  # fmt: skip
+            return {**out, "logits": logits} if with_logits else out
+
+        got = self.teacher_outputs([*names, *(["logits"] if with_logits else [])], compute)
+        return got.get("logits"), [got[n] for n in names]
 
     def _at_term(
-        self, student_feats: list[Tensor], teacher_feats: list[Tensor]
+        self, student_feats: list[Tensor], teacher_maps: list[Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The summed AT term and, with ``log_layers``, each pair's as a diagnostic."""
         per_layer = [
-            at_loss(s, t, self.p, self.mode, self.reduce)
-            for s, t in zip(student_feats, teacher_feats, strict=True)
+            _map_distance(s, t, self.p, self.mode, self.reduce)
+            for s, t in zip(student_feats, teacher_maps, strict=True)
         ]
         diagnostics = {}
         if self.log_layers:
@@ -283,8 +312,8 @@ class AT(Distiller):
     def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
         """images [B, 3, H, W], labels [B] -> student logits [B, K] and {"ce", "at"}."""
         logits, student_feats = self._student_forward(images)
-        _, teacher_feats = self._teacher_forward(images)
-        at, diagnostics = self._at_term(student_feats, teacher_feats)
+        _, teacher_maps = self._teacher_targets(images, student_feats)
+        at, diagnostics = self._at_term(student_feats, teacher_maps)
         terms = {"ce": F.cross_entropy(logits, labels), "at": at}
         return DistillOutput(logits, terms, {"ce": 1.0, "at": self.at_weight}, diagnostics)
 
@@ -292,53 +321,6 @@ class AT(Distiller):
         return {"beta": self.beta, "p": self.p, "mode": self.mode, "reduce": self.reduce,
                 "layers": list(self.layers),
                 "teacher_layers": list(self.teacher_layers)}  # fmt: skip
-
-
-@register("at+kd")
-class ATKD(AT):
-    """AT and Hinton KD together: ``(1 - alpha) * CE + alpha * kd_loss + w * sum_j at_loss_j``.
-
-    The paper's "AT+KD" column: both terms at once, from the same student and teacher
-    forwards. ``w`` is beta (code mode) or beta / 2 (paper mode), as in :class:`AT`;
-    ``alpha`` and ``T`` as in :class:`~atcourse.distill.kd.KD` (alpha weighs the soft term).
-
-    Loss terms: ``"ce"``, ``"kd"``, ``"at"`` (and the ``"at/<layer>"`` diagnostics).
-    """
-
-    name = "at+kd"
-    knobs: ClassVar[dict[str, Param]] = {**KD.knobs, **AT.knobs}
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        *,
-        alpha: float = 0.9,
-        T: float = 4.0,
-        **at_kwargs: Any,
-    ):
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-        if T <= 0:
-            raise ValueError(f"temperature T must be positive, got {T}")
-        super().__init__(student, teacher, **at_kwargs)
-        self.alpha = float(alpha)
-        self.T = float(T)
-
-    def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
-        logits, student_feats = self._student_forward(images)
-        teacher_logits, teacher_feats = self._teacher_forward(images)
-        at, diagnostics = self._at_term(student_feats, teacher_feats)
-        terms = {
-            "ce": F.cross_entropy(logits, labels),
-            "kd": kd_loss(logits, teacher_logits, self.T),
-            "at": at,
-        }
-        weights = {"ce": 1.0 - self.alpha, "kd": self.alpha, "at": self.at_weight}
-        return DistillOutput(logits, terms, weights, diagnostics)
-
-    def hparams(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "T": self.T, **super().hparams()}
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ next to its code, and registers under a name (:func:`atcourse.distill.register`)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Param
+from .teacher_cache import TeacherCache
 
 __all__ = ["DistillOutput", "Distiller", "Baseline", "freeze", "at_least_fp32"]
 
@@ -91,6 +93,42 @@ class Distiller(nn.Module):
         super().__init__()
         self.student = student
         self.teacher = freeze(teacher) if teacher is not None else None
+        #: set by the trainer while it trains this method (see :meth:`teacher_outputs`)
+        self.teacher_cache: TeacherCache | None = None
+
+    def teacher_outputs(
+        self,
+        names: Sequence[str],
+        compute: Callable[[], dict[str, Tensor]],
+        *,
+        inference: bool = True,
+    ) -> dict[str, Tensor]:
+        """What the frozen teacher gives for this batch: ``compute()``, or its stored result.
+
+        A method asks for its teacher's outputs here, by names that say everything the
+        values depend on besides the teacher and the batch (``"logits"``,
+        ``"at_map/group0/32x32/p2/mean"``). While the trainer trains the method, outputs a
+        student of the same setting computed for the same batch before come from its
+        :class:`~atcourse.distill.teacher_cache.TeacherCache`; otherwise ``compute`` runs,
+        in inference mode (``inference=False`` for outputs that need autograd, such as an
+        input gradient), and what it returns is kept for the next student.
+
+        Returns:
+            ``{name: tensor}`` for ``names``; plain tensors (not inference tensors), so the
+            loss may save them for its backward pass.
+        """
+        cache = self.teacher_cache
+        if cache is not None:
+            stored = cache.get(names)
+            if stored is not None:
+                return stored
+        with torch.inference_mode(inference):
+            computed = compute()
+        # inference tensors cannot be saved for backward; a copy of a target is cheap
+        outputs = {n: computed[n].clone() if inference else computed[n].detach() for n in names}
+        if cache is not None:
+            cache.put(outputs)
+        return outputs
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)

@@ -356,13 +356,15 @@ class CATKD(Distiller):
         logits, student_cams = forward_cams(
             self.student, images, features=self.features, classifier=self.classifier
         )
-        with torch.no_grad():
-            teacher_logits, teacher_cams = forward_cams(
-                self.teacher,
-                images,
-                features=self.teacher_features,
-                classifier=self.teacher_classifier,
-            )
+        names = [f"cat_cams/{self.teacher_features}", f"cat_logits/{self.teacher_classifier}"]
+
+        def compute() -> dict[str, Tensor]:
+            t_logits, t_cams = forward_cams(self.teacher, images, features=self.teacher_features,
+                                            classifier=self.teacher_classifier)  # fmt: skip
+            return {names[0]: t_cams, names[1]: t_logits}
+
+        teacher = self.teacher_outputs(names, compute)
+        teacher_cams, teacher_logits = teacher[names[0]], teacher[names[1]]
         if self.cam_binarize:
             teacher_cams = binarize_cams(teacher_cams)
         if self.cam_classes is not None:

@@ -293,6 +293,12 @@ class GradientAT(Distiller):
             mode, "gradient_at_both"
         )
 
+    def _teacher_gradient(self, images: Tensor, labels: Tensor) -> Tensor:
+        """J_T, the teacher's input gradient on this batch (a constant target)."""
+        name = f"grad_at/J_T/{images.dtype}"
+        compute = lambda: {name: input_gradient(self.teacher, images, labels)}  # noqa: E731
+        return self.teacher_outputs([name], compute, inference=False)[name]  # needs autograd
+
     def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
         """images [B, 3, H, W], labels [B] -> logits [B, K], {"ce", "grad_at"/"flip"}."""
         terms: dict[str, Tensor] = {}
@@ -300,12 +306,11 @@ class GradientAT(Distiller):
         with _no_autocast(images.device):  # fp32 double backward (see the class docstring)
             images = at_least_fp32(images)  # a float64 model stays in float64
             if self.mode == "teacher":
-                grad_at, logits, _ = _gradient_at(self.student, self.teacher, images, labels)
+                grad_s, logits = _gradient_and_logits(self.student, images, labels, True)
             else:
                 flip, logits, grad_s = _flip_penalty(self.student, images, labels, True)
-                if self.mode == "both":
-                    grad_t = input_gradient(self.teacher, images, labels).detach()
-                    grad_at = _mean_distance(grad_s, grad_t)
+            if self.mode != "flip":
+                grad_at = _mean_distance(grad_s, self._teacher_gradient(images, labels))
             terms["ce"] = F.cross_entropy(at_least_fp32(logits), labels)
             if self.mode != "flip":
                 terms["grad_at"] = grad_at

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -92,11 +91,10 @@ class KD(Distiller):
     def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
         """images [B, 3, H, W], labels [B] -> student logits [B, K] and {"ce", "kd"}."""
         logits = self.student(images)
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
+        teacher = self.teacher_outputs(["logits"], lambda: {"logits": self.teacher(images)})
         terms = {
             "ce": F.cross_entropy(logits, labels),
-            "kd": kd_loss(logits, teacher_logits, self.T),
+            "kd": kd_loss(logits, teacher["logits"], self.T),
         }
         return DistillOutput(logits, terms, {"ce": 1.0 - self.alpha, "kd": self.alpha})
 

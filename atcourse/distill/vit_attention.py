@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Param
-from ..models import Taps
+from ..models import Taps, forward_until
 from ..models.vit import Attention
 from ..models.vit_maps import attention_layers, attention_probs, resolve_layers, tap_names
 from .base import Distiller, DistillOutput, at_least_fp32
@@ -255,11 +255,12 @@ class AttentionDistillation(Distiller):
 
     def forward(self, images: Tensor, labels: Tensor) -> DistillOutput:
         """images (B, 3, H, W), labels (B) -> student logits (B, K), {"ce", "attn", ...}."""
-        with torch.no_grad(), Taps(self.teacher, self._names, detach=True) as t_taps:
-            self.teacher(images)
+        t_maps = self.teacher_outputs(
+            self._names, lambda: forward_until(self.teacher, images, self._names)
+        )  # the teacher runs only as far as the last distilled block
         with Taps(self.student, self._names) as s_taps:
             logits = self.student(images)
-        per_layer = [attention_distillation_loss(s_taps[n], t_taps[n]) for n in self._names]
+        per_layer = [attention_distillation_loss(s_taps[n], t_maps[n]) for n in self._names]
         terms = {"ce": F.cross_entropy(logits, labels), "attn": torch.stack(per_layer).sum()}
         diagnostics = {}
         if self.log_layers:
@@ -312,12 +313,12 @@ class AttentionCopy(Distiller):
         self.attn_layers = layers
         self._names = tap_names(layers, "probs")
 
-    @torch.no_grad()
     def teacher_attention(self, images: Tensor) -> list[Tensor]:
         """The teacher's attention probabilities in ``attn_layers``, each (B, heads, N, N)."""
-        with Taps(self.teacher, self._names, detach=True) as taps:
-            self.teacher(images)
-        return [taps[n] for n in self._names]
+        maps = self.teacher_outputs(
+            self._names, lambda: forward_until(self.teacher, images, self._names)
+        )
+        return [maps[n] for n in self._names]
 
     def _copy_forward(self, images: Tensor) -> Tensor:
         maps = self.teacher_attention(images)

@@ -24,7 +24,7 @@ from torch import nn
 
 from .cam_head import CAMHead, with_cam_head
 from .resnet import BasicBlock, CifarResNet
-from .taps import ROLES, TapNameError, Taps, forward_with_taps, tap_points
+from .taps import ROLES, TapNameError, Taps, forward_until, forward_with_taps, tap_points
 from .vit import Attention, ConvStem, VisionTransformer
 from .vit_maps import attention_probs, attention_rollout, cls_attention, resolve_layers
 from .wrn import PreActBlock, WideResNet
@@ -38,6 +38,7 @@ __all__ = [
     "TapNameError",
     "tap_points",
     "forward_with_taps",
+    "forward_until",
     "ROLES",
     "WideResNet",
     "PreActBlock",

@@ -22,7 +22,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["Taps", "TapNameError", "tap_points", "forward_with_taps", "ROLES"]
+__all__ = ["Taps", "TapNameError", "tap_points", "forward_with_taps", "forward_until", "ROLES"]
 
 #: Roles a model may declare in its ``tap_points`` dict.
 ROLES = ("groups", "preact", "features", "classifier", "attention_logits", "attention_probs")
@@ -207,3 +207,49 @@ def forward_with_taps(
     if missing:
         raise RuntimeError(f"these modules were not called by {type(model).__name__}: {missing}")
     return logits, dict(taps.outputs)
+
+
+class _Reached(Exception):
+    """Raised by a hook once every layer a forward was run for has produced its output."""
+
+
+def forward_until(
+    model: nn.Module, images: Tensor, names: Sequence[str] | str
+) -> dict[str, Tensor]:
+    """The outputs of the named layers, from a forward that stops once they have all run.
+
+    A frozen teacher whose loss term needs only some layers (its group outputs, its first
+    blocks' attention) pays for nothing after them. The outputs are detached.
+
+    Returns:
+        ``{name: output}`` for ``names``.
+
+    Raises:
+        TapNameError: for a name that is not a submodule.
+        RuntimeError: when a named module was not called during the forward pass.
+    """
+    names = [names] if isinstance(names, str) else list(dict.fromkeys(names))
+    waiting = set(names)
+
+    def reached(name: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            waiting.discard(name)
+            if not waiting:
+                raise _Reached
+
+        return hook
+
+    with Taps(model, names, detach=True) as taps:
+        # registered after the taps' own hooks, so each output is stored before the stop
+        stops = [model.get_submodule(n).register_forward_hook(reached(n)) for n in names]
+        try:
+            model(images)
+        except _Reached:
+            pass
+        finally:
+            for handle in stops:
+                handle.remove()
+    missing = [n for n in names if n not in taps]
+    if missing:
+        raise RuntimeError(f"these modules were not called by {type(model).__name__}: {missing}")
+    return {n: taps[n] for n in names}
