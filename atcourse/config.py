@@ -143,7 +143,15 @@ PARAMS: dict[str, Param] = {
         str, "where to train", choices=("auto", "cpu", "cuda", "mps"), prefix_ok=("cuda:",)
     ),
     "precision": Param(
-        str, "auto: bf16 autocast on CUDA, fp32 elsewhere", choices=("auto", "fp32", "bf16")
+        str, "auto: bf16 autocast where the GPU or the CPU runs bf16 natively, else fp32",
+        choices=("auto", "fp32", "bf16"),
+    ),
+    "compile": Param(
+        bool, "torch.compile the student (not with a double backward)", default=False
+    ),
+    "teacher_cache_mb": Param(
+        int, "memory for the teacher's outputs kept for the next student of a setting "
+        "(0: off)", min=0, default=1024,
     ),
     "seed": Param(
         int, "one seed for data order, augmentation and initialisation", min=0, nullable=False
@@ -283,6 +291,7 @@ def parameters() -> dict[str, Param]:
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="shapes", device="auto", precision="auto", seed=0,
+        compile=False, teacher_cache_mb=1024,
         train_size=512, val_size=128, test_size=256, epochs=1, teacher_epochs=2,
         batch_size=64,
         lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
@@ -291,6 +300,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Sized for a 2-core CPU: 12 epochs x 5,000 images is ~940 steps of 64 for a student.
     "lab": dict(
         dataset="shapes", device="auto", precision="auto", seed=0,
+        compile=False, teacher_cache_mb=1024,
         train_size=5000, val_size=1000, test_size=2000, epochs=12, teacher_epochs=15,
         batch_size=64,
         lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
@@ -299,6 +309,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The attention-transfer paper's CIFAR recipe (REFERENCE.md section 2).
     "full": dict(
         dataset="cifar10", device="auto", precision="auto", seed=0,
+        compile=False, teacher_cache_mb=1024,
         train_size=None, val_size=5000, test_size=None, epochs=200, teacher_epochs=200,
         batch_size=128,
         lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="step",

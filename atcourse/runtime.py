@@ -1,15 +1,19 @@
-"""Where and how tensors are computed: device choice, seeding, determinism, precision.
+"""Where and how tensors are computed: device choice, seeding, precision.
 
-The precision policy is one small object, :class:`Precision`, chosen from the device:
+The precision policy is one small object, :class:`Precision`, chosen from what the hardware
+reports (:func:`precision_for`):
 
-- CUDA: bf16 autocast for forward passes and channels_last memory format (tensor cores).
-- CPU: fp32 (bf16 autocast on a laptop CPU is slower and less accurate) in channels_last,
-  which oneDNN's convolutions run faster (WRN-16-1 training, batch 128, 2 cores: 358 ->
-  540 images/s).
-- MPS: plain fp32.
+- CUDA: bf16 autocast where the GPU supports bf16 (tensor cores), else fp32.
+- CPU: bf16 autocast where the processor runs bf16 natively (AVX512_BF16 or AMX, as torch
+  reports them: :func:`cpu_bf16_native`), else fp32: on an AVX2-only laptop bf16 is
+  emulated and slower than fp32. ``docs/performance.md`` has the measurements.
+- MPS: fp32.
 
-Everything that runs a model (the trainer, the zoo, the benchmarks) asks this module,
-so a notebook never has to care which machine it is on.
+Convolutions run in the channels_last memory format on the CPU and on CUDA (oneDNN's and
+cuDNN's faster layout). Each policy says why it was chosen (``Precision.reason``); the
+configuration prints it and every run record keeps it. Everything that runs a model (the
+trainer, the zoo, the benchmarks) asks this module, so a notebook never has to care which
+machine it is on.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 __all__ = [
     "resolve_device",
     "seed_everything",
-    "deterministic",
+    "cpu_bf16_native",
     "eval_mode",
     "Precision",
     "precision_for",
@@ -116,46 +120,21 @@ def eval_mode(module: object):
         module.train(was_training)
 
 
-@contextlib.contextmanager
-def deterministic(enabled: bool = True):
-    """Make kernels deterministic inside the block (slower on CUDA; free on the CPU).
-
-    CPU training in this package is deterministic anyway for a fixed seed; on CUDA this
-    turns off cuDNN autotuning and asks for deterministic algorithms, warning (not
-    failing) where an op has none.
-    """
-    old = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-    )
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(old[0], warn_only=old[1])
-        torch.backends.cudnn.benchmark = old[2]
-        torch.backends.cudnn.deterministic = old[3]
-
-
 @dataclass(frozen=True)
 class Precision:
     """The precision policy for one device.
 
     Attributes:
         device: where the model runs.
-        autocast_dtype: ``torch.bfloat16`` on CUDA, else None (fp32).
-        channels_last: use the NHWC memory format for convolutions (CUDA).
+        autocast_dtype: ``torch.bfloat16`` for bf16 autocast, else None (fp32).
+        channels_last: use the NHWC memory format for convolutions.
+        reason: why this policy, in words (printed with the configuration, kept in records).
     """
 
     device: torch.device
     autocast_dtype: torch.dtype | None
     channels_last: bool
+    reason: str = ""
 
     def autocast(self, enabled: bool = True):
         """Context manager for forward passes under this policy."""
@@ -175,23 +154,59 @@ class Precision:
         return "bf16 autocast" if self.autocast_dtype is torch.bfloat16 else "fp32"
 
 
-def precision_for(device: str | torch.device, precision: str = "auto") -> Precision:
-    """The precision policy: ``auto`` is bf16 + channels_last on CUDA, fp32 + channels_last
-    on the CPU, and fp32 on MPS.
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512_BF16 or AMX), as torch reports it."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
-    ``precision="fp32"`` forces full precision (and the default memory format) anywhere;
-    ``"bf16"`` asks for bf16 autocast, which must be supported by the device.
+
+def _cpu_features() -> str:
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return capability() if capability is not None else "unknown"
+
+
+def precision_for(
+    device: str | torch.device, precision: str = "auto", *, channels_last: bool | None = None
+) -> Precision:
+    """The precision policy for ``device``, from what the hardware reports.
+
+    ``auto``: bf16 autocast on a CUDA GPU with bf16 and on a CPU that runs bf16 natively
+    (:func:`cpu_bf16_native`), fp32 elsewhere (an AVX2-only CPU emulates bf16, slower than
+    fp32; MPS). ``fp32`` forces full precision; ``bf16`` asks for bf16 autocast, which a
+    GPU must support (on a CPU without native bf16 it runs, emulated, and says so).
+    ``channels_last`` (None: on the CPU and CUDA) sets the convolutions' memory format.
     """
     dev = resolve_device(device)
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"unknown precision {precision!r}: choose auto, fp32 or bf16")
-    if precision == "fp32":
-        return Precision(dev, None, False)
-    if precision == "auto" and dev.type != "cuda":
-        return Precision(dev, None, dev.type == "cpu")
-    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise RuntimeError("this GPU does not support bf16; use precision='fp32'")
-    return Precision(dev, torch.bfloat16, dev.type == "cuda")
+    nhwc = dev.type in ("cpu", "cuda") if channels_last is None else channels_last
+    if dev.type == "cuda":
+        has_bf16 = torch.cuda.is_bf16_supported()
+        if precision == "bf16" and not has_bf16:
+            raise RuntimeError("this GPU does not support bf16; use precision='fp32'")
+        if precision == "fp32" or not has_bf16:
+            why = "asked for" if precision == "fp32" else "this GPU has no bf16"
+            return Precision(dev, None, nhwc, why)
+        why = "asked for" if precision == "bf16" else "the GPU supports bf16 (tensor cores)"
+        return Precision(dev, torch.bfloat16, nhwc, why)
+    if dev.type == "cpu":
+        native = cpu_bf16_native()
+        features = _cpu_features()
+        if precision == "bf16":
+            why = "asked for" + ("" if native else f"; emulated on this CPU ({features}, slower)")
+            return Precision(dev, torch.bfloat16, nhwc, why)
+        if precision == "fp32":
+            return Precision(dev, None, nhwc, "asked for")
+        if native:
+            return Precision(dev, torch.bfloat16, nhwc, "this CPU runs bf16 natively "
+                             "(AVX512_BF16 or AMX)")  # fmt: skip
+        why = (f"this CPU ({features}) has no native bf16 (AVX512_BF16 or AMX): bf16 would "
+               "be emulated, slower than fp32")  # fmt: skip
+        return Precision(dev, None, nhwc, why)
+    if precision == "bf16":
+        return Precision(dev, torch.bfloat16, nhwc, "asked for")
+    return Precision(dev, None, nhwc, "fp32 on this device" if precision == "auto" else "asked for")
 
 
 def synchronize(device: torch.device) -> None:
@@ -214,7 +229,7 @@ def env_report(device: str = "auto", *, print_report: bool = True) -> dict:
         "cuda_build": torch.version.cuda,
         "device": str(dev),
         "cpu_threads": torch.get_num_threads(),
-        "precision": precision_for(dev).name,
+        "precision": f"{precision_for(dev).name} ({precision_for(dev).reason})",
     }
     try:
         import torchvision

@@ -20,6 +20,7 @@ hot path has no host synchronisation on CUDA.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -36,16 +37,22 @@ from . import paths, records
 from .config import RECIPE_KEYS, Config
 from .data import DeviceLoader, ImageDataset
 from .distill.base import Distiller, DistillOutput
+from .distill.teacher_cache import TeacherCache
 from .metrics import evaluate
 from .runtime import Precision, precision_for, seed_everything, synchronize
 
 __all__ = [
     "fit", "make_optimizer", "train_step", "TrainResult", "NonFiniteLossError", "lr_at",
-    "RunExistsError", "CHECKPOINT", "EpochSums", "check_finite",
+    "RunExistsError", "CHECKPOINT", "EpochSums", "check_finite", "TEACHER_CACHE",
 ]  # fmt: skip
 
 #: The file name of a run's checkpoint, in its run folder.
 CHECKPOINT = "checkpoint.pt"
+
+#: The teacher outputs of the runs this process trained, for the next student of the same
+#: setting (:mod:`atcourse.distill.teacher_cache`); its budget is the run's
+#: ``teacher_cache_mb``.
+TEACHER_CACHE = TeacherCache(0)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -291,6 +298,28 @@ def _existing(
     return state
 
 
+def _digest(tensors: Sequence[torch.Tensor]) -> str:
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _cache_setting(method: Distiller, train_set: ImageDataset, cfg: Config,
+                   precision: Precision, loader: DeviceLoader) -> str:  # fmt: skip
+    """What makes a frozen teacher's outputs on a run's batches the same from run to run:
+    the teacher's weights, the training images and labels, the seed, the batch size, the
+    augmentation and the precision. A key of all of them, so a stale output is never served."""
+    teacher = method.teacher
+    parts = [
+        _digest(list(teacher.state_dict().values())),
+        _digest([train_set.images, train_set.labels]),
+        json.dumps([cfg["seed"], cfg["batch_size"], precision.name, precision.channels_last,
+                    loader.augment, loader.pad, loader.flip]),
+    ]  # fmt: skip
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()
+
+
 @contextlib.contextmanager
 def _run_lock(folder: Path, name: str, enabled: bool) -> Iterator[None]:
     """One process per run folder; the second waits, then finds the first's run."""
@@ -390,7 +419,7 @@ def fit(
                 return _returned(method, precision, state, name, folder)
         meta = records.run_meta(
             name, method, cfg, label=label, task=train_set.name, device=precision.device,
-            precision=precision.name, setting=setting,
+            precision=precision.name, precision_reason=precision.reason, setting=setting,
         )  # fmt: skip
         run.train(name, progress, callbacks, folder if record else None, meta)
     return TrainResult(name, run.history, records.final_metrics(run.history),
@@ -439,6 +468,16 @@ class _Run:
         }  # fmt: skip
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
+        self.compiled = bool(cfg.get("compile")) and not method.double_backward
+        if self.compiled:
+            self.method.student.compile()  # in place: state_dict keys stay as they are
+        budget = cfg.get("teacher_cache_mb")
+        budget = 1024 if budget is None else budget
+        self.cache = None
+        if method.teacher is not None and budget > 0:
+            TEACHER_CACHE.max_bytes = budget * 2**20
+            TEACHER_CACHE.start(_cache_setting(method, train_set, cfg, precision, self.loader))
+            self.cache = TEACHER_CACHE
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint: weights, optimizer, random state, history."""
@@ -476,6 +515,7 @@ class _Run:
         bar = tqdm(total=epochs * steps, initial=self.start_epoch * steps, desc=name,
                    disable=not progress, unit="step", leave=True, dynamic_ncols=True)  # fmt: skip
         timer = "cuda events" if self.precision.device.type == "cuda" else "perf_counter"
+        self.method.teacher_cache = self.cache
         try:
             for epoch in range(self.start_epoch, epochs):
                 row = self.train_epoch(epoch, bar)
@@ -494,6 +534,9 @@ class _Run:
                 for fn in callbacks:
                     fn(epoch, row)
         finally:
+            self.method.teacher_cache = None
+            if self.cache is not None:
+                self.cache.stop()
             bar.close()
 
     def train_epoch(self, epoch: int, bar: Any) -> dict[str, float]:
@@ -509,13 +552,23 @@ class _Run:
         if device.type == "cuda":
             start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
             start.record()
+        hits = self.cache.hits if self.cache is not None else 0
         for step, (images, labels) in enumerate(self.loader):
             lr = lr_at(self.cfg, epoch + step / steps)
+            if self.cache is not None:
+                self.cache.at(epoch, step)
+            warming = self.compiled and epoch == self.start_epoch and step == 0
+            if warming:
+                bar.set_description(f"{bar.desc} (compiling the student: first steps are slow)")
             train_step(self.method, self.optimizer, self.precision, images, labels, lr, sums)
+            if warming:
+                bar.set_description(bar.desc.split(" (compiling")[0])
             seen += labels.numel()
             if step % check_every == 0 or step == steps - 1:
                 check_finite(sums, epoch, step, steps)
             bar.update(1)
+        if self.cache is not None:
+            self.cache.stop()
         if device.type == "cuda":
             end.record()
             end.synchronize()
@@ -526,6 +579,8 @@ class _Run:
         row.update({f"loss_{k}": v.item() / steps for k, v in sums.losses.items()})
         row.update({f"weight_{k}": w for k, w in sums.weights.items()})
         row.update({f"diag_{k}": v.item() / steps for k, v in sums.diagnostics.items()})
+        if self.cache is not None:  # share of the steps whose teacher outputs were stored
+            row["teacher_cached"] = (self.cache.hits - hits) / steps
         row["train_acc"] = sums.correct.item() / seen
         row["images_per_s"] = seen / train_time
         row["train_time_s"] = train_time

@@ -32,11 +32,21 @@ def test_seed_everything_makes_torch_repeatable():
         runtime.seed_everything(-1)
 
 
-def test_precision_policy():
+def test_precision_policy_follows_what_the_cpu_reports(monkeypatch):
+    # an AVX2-only laptop: bf16 would be emulated, so auto is fp32, and says why
+    monkeypatch.setattr(runtime, "cpu_bf16_native", lambda: False)
     cpu = runtime.precision_for("cpu")
     assert cpu.autocast_dtype is None and cpu.channels_last and cpu.name == "fp32"
+    assert "no native bf16" in cpu.reason
+    emulated = runtime.precision_for("cpu", "bf16")
+    assert emulated.autocast_dtype is torch.bfloat16 and "emulated" in emulated.reason
+    # a processor with AVX512_BF16 or AMX: auto is bf16 autocast
+    monkeypatch.setattr(runtime, "cpu_bf16_native", lambda: True)
+    native = runtime.precision_for("cpu")
+    assert native.autocast_dtype is torch.bfloat16 and "natively" in native.reason
     plain = runtime.precision_for("cpu", "fp32")
-    assert plain.autocast_dtype is None and not plain.channels_last
+    assert plain.autocast_dtype is None and plain.reason == "asked for" and plain.channels_last
+    assert not runtime.precision_for("cpu", "fp32", channels_last=False).channels_last
     with pytest.raises(ValueError, match="auto, fp32 or bf16"):
         runtime.precision_for("cpu", "fp16")
     if torch.cuda.is_available():
@@ -44,11 +54,12 @@ def test_precision_policy():
         assert gpu.autocast_dtype is torch.bfloat16 and gpu.channels_last
 
 
-def test_deterministic_restores_settings():
-    before = torch.are_deterministic_algorithms_enabled()
-    with runtime.deterministic():
-        assert torch.are_deterministic_algorithms_enabled()
-    assert torch.are_deterministic_algorithms_enabled() == before
+def test_native_bf16_is_read_from_torch(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not runtime.cpu_bf16_native()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert runtime.cpu_bf16_native()
 
 
 def test_env_report_has_versions_and_device(capsys):

@@ -154,7 +154,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one (model, method, loader) configuration in this process."""
     device = torch.device(spec["device"])
     reference = spec["loader"] == "dataloader"
-    precision = precision_for(device, "fp32" if reference else "auto")
+    precision = (
+        precision_for(device, "fp32", channels_last=False)  # the reference recipe's
+        if reference
+        else precision_for(device, spec.get("precision", "auto"))
+    )
     seed_everything(SEED)
     dataset = bench_data(spec["data"], spec["data_size"])
     num_classes = dataset.num_classes
