@@ -99,6 +99,15 @@ def _render(figure: Any, scale: float) -> tuple[bytes, int, int]:
     return png, round(width / scale), round(height / scale)
 
 
+def plain_text(controls: Sequence[str], title: str | None = None) -> str:
+    """An explorer's plain-text form (what a text-only reader sees instead of a VBox repr)."""
+    what = f"{title}: " if title else ""
+    return (
+        f"{what}an explorer over {', '.join(controls)}; the picture is its first view "
+        "(run the cell to move the controls)"
+    )
+
+
 class Explorer:
     """A live explorer: controls over a picture, redrawn when a control changes.
 
@@ -171,15 +180,24 @@ class Explorer:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict, dict]:
         data = dict(self.widget._repr_mimebundle_())
-        names = ", ".join(self.controls)
-        what = f"{self.title}: " if self.title else ""
-        data["text/plain"] = (
-            f"{what}an explorer over {names}; the picture is its first view "
-            "(run the cell to move the controls)"
-        )
+        data["text/plain"] = plain_text(list(self.controls), self.title)
         data["image/png"] = base64.b64encode(self.first_view).decode("ascii")
         width, height = self._first_size
         return data, {"image/png": {"width": width, "height": height}}
+
+
+def _set(name: str, control: Any, value: Any) -> None:
+    """Set a control's first value, refusing what it would silently clamp or reject."""
+    low, high = getattr(control, "min", None), getattr(control, "max", None)
+    inside = low is None or high is None or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    )
+    try:
+        if not inside:
+            raise ValueError(f"outside [{low}, {high}]")
+        control.value = value
+    except Exception as error:
+        raise ValueError(f"start value {value!r} does not fit control {name!r}: {error}") from None
 
 
 def explore(
@@ -197,10 +215,12 @@ def explore(
         draw: keyword arguments named like ``controls``; returns the matplotlib Figure it
             drew (the explorer renders and closes it).
         controls: name -> an ipywidgets control or a spec: a bool (checkbox), a list of
-            choices (dropdown, first one selected), a range (integer slider), a
-            ``(min, max)`` or ``(min, max, step)`` tuple (integer slider if all are ints,
-            else a float slider). Sliders redraw when released.
-        start: values to start from, by control name (the rest keep their own).
+            choices (dropdown), a range (integer slider), a ``(min, max)`` or
+            ``(min, max, step)`` tuple (integer slider if all are ints, else a float
+            slider). Sliders redraw when released. A control made from a spec starts at
+            ``draw``'s default for that keyword (else at its first choice or its minimum);
+            an ipywidgets control keeps its own value.
+        start: values to start from, by control name, over the above.
         per_row: controls per row.
         scale: the picture's pixels per figure pixel (2: sharp on high-density screens);
             it is shown at the figure's size, ``figsize`` times ``dpi``.
@@ -209,6 +229,8 @@ def explore(
     Returns:
         An :class:`Explorer`; display it (a cell's last value, or ``display(explorer)``).
     """
+    import ipywidgets as widgets
+
     if not controls:
         raise ValueError("explore() needs at least one control, e.g. {'index': range(8)}")
     if per_row < 1:
@@ -217,19 +239,27 @@ def explore(
         raise ValueError(f"scale must be positive, got {scale}")
     built = {name: _control(name, spec) for name, spec in controls.items()}
     try:
-        inspect.signature(draw).bind(**{name: None for name in built})
+        signature = inspect.signature(draw)
+        signature.bind(**{name: None for name in built})
     except TypeError as error:
         raise TypeError(
             f"draw() must accept the controls {list(built)} as keywords: {error}"
         ) from None
-    for name, value in (start or {}).items():
+    for name in start or {}:
         if name not in built:
             raise ValueError(f"start names {name!r}, which is no control; the controls: "
                              f"{list(built)}")  # fmt: skip
-        try:
-            built[name].value = value
-        except Exception as error:
-            raise ValueError(f"start value {value!r} does not fit control {name!r}: {error}") from None
+    # a control made from a spec starts where draw() would: at its default for that keyword
+    first = {
+        name: signature.parameters[name].default
+        for name, spec in controls.items()
+        if not isinstance(spec, widgets.ValueWidget)
+        and name in signature.parameters
+        and signature.parameters[name].default is not inspect.Parameter.empty
+    }
+    first.update(start or {})
+    for name, value in first.items():
+        _set(name, built[name], value)
     return Explorer(draw, built, per_row=per_row, scale=scale, title=title)
 
 
@@ -368,21 +398,25 @@ def freeze(nb: dict[str, Any]) -> Counter[str]:
 def freeze_file(path: str | Path) -> Counter[str]:
     """:func:`freeze` a notebook file in place (written only if something changed).
 
-    Keeps papermill's JSON layout (one-space indent, UTF-8, no final newline), so a frozen
-    notebook's diff shows only the outputs that changed.
+    Written as nbformat writes it (sorted keys, one-space indent), with or without the
+    final newline the file had, so a frozen notebook's diff shows only the changed outputs.
     """
+    import nbformat
+
     from .paths import atomic_write
 
     path = Path(path)
     try:
-        nb = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+        text = path.read_text(encoding="utf-8")
+        nb = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"cannot read notebook {path}: {error}") from None
     if not isinstance(nb, dict) or "cells" not in nb:
         raise ValueError(f"{path} is not a notebook (no 'cells')")
     done = freeze(nb)
     if done:
-        atomic_write(path, json.dumps(nb, indent=1, ensure_ascii=False).encode("utf-8"))
+        out = nbformat.writes(nbformat.from_dict(nb)) + ("\n" if text.endswith("\n") else "")
+        atomic_write(path, out.encode("utf-8"))
     return done
 
 

@@ -46,7 +46,7 @@ def test_specs_become_controls_and_start_values_apply():
     assert c["reduce"] is reduce and reduce.description == "reduce"
     assert isinstance(c["flip"], widgets.Checkbox)
     assert not c["index"].continuous_update and not c["p"].continuous_update
-    assert calls == [{"index": 3, "p": 0.5, "reduce": "max", "flip": False}]  # drawn once
+    assert calls == [{"index": 3, "p": 2.0, "reduce": "max", "flip": False}]  # drawn once
     assert ex.values == calls[0]
     assert isinstance(aw.explore(make_draw([]), {"index": (0, 4)}).controls["index"],
                       widgets.IntSlider)  # fmt: skip
@@ -243,3 +243,18 @@ def test_committed_notebooks_carry_no_widget_stand_ins(path):
             data = out.get("data", {})
             assert aw.WIDGET_VIEW not in data, f"widget output in cell {cell['id']}"
             assert not STAND_IN.search("".join(data.get("text/plain", ""))), cell["id"]
+
+
+def test_controls_from_specs_start_at_the_draw_functions_defaults():
+    calls = []
+    given = widgets.FloatSlider(value=1.5, min=0.5, max=8.0)
+    ex = aw.explore(make_draw(calls), {"index": range(8), "p": given,
+                                       "reduce": ["sum", "mean", "max"]})  # fmt: skip
+    # index has no default: its range's start; p is a given control: its own value;
+    # reduce's default "mean" is not the list's first choice
+    assert calls == [{"index": 0, "p": 1.5, "reduce": "mean", "flip": False}]
+    with pytest.raises(ValueError, match=r"start value 9 does not fit control 'index': "
+                                         r"outside \[0, 7\]"):  # fmt: skip
+        aw.explore(make_draw([]), {"index": range(8)}, start={"index": 9})
+    with pytest.raises(ValueError, match="start value 'mean' does not fit control 'reduce'"):
+        aw.explore(make_draw([]), {"index": range(8), "reduce": ["sum", "max"]})

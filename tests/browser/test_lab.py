@@ -1,0 +1,347 @@
+"""The notebooks as a learner sees them: JupyterLab 4 in a real Chromium (``make browser-test``).
+
+One JupyterLab server on 127.0.0.1 (a free port, a temporary token, the course's shipped
+lab settings from ``jupyter/``) over a copy of the notebooks, driven by Playwright's Python
+client through Debian's Chromium (no browser download). It checks:
+
+1. every committed notebook, opened without running it, shows no stand-in text (``0%|``,
+   ``VBox(``, "Error displaying widget") and no picture stretched past its own size;
+2. notebooks 02 and 04, run in the smoke profile: their progress bars end at 100%, moving
+   a control of each explorer changes its picture, and after save, kernel shutdown and
+   reopening, nothing says "Error displaying widget";
+3. ``atcourse.progress.progress_bar`` in a notebook: one plain-text output, redrawn in
+   place, whose saved form is the final bar.
+
+Screenshots go to ``build/browser/``. Run only when ``ATCOURSE_BROWSER_TEST=1`` (the
+Makefile target sets it, with ``ATCOURSE_CHROMIUM``, default ``/usr/bin/chromium``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+if os.environ.get("ATCOURSE_BROWSER_TEST") != "1":
+    pytest.skip("the browser test runs with make browser-test", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = REPO / "build" / "browser"
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+CHROMIUM = os.environ.get("ATCOURSE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+# what a reader must never see in an output
+STAND_INS = re.compile(r"(^|[^0-9])0%\||\b[VH]Box\(|Error displaying widget|model not found")
+# notebook -> (a dropdown of its explorer to move, the value to pick)
+LIVE = {"02_activation_at.ipynb": ("reduce", "max"), "04_cam_cat_kd.ipynb": ("resolution", "4")}
+USER_SETTINGS = {
+    # every cell in the DOM, so that the checks see every output
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    # no news or update checks: the machine may have no network, and no pop-up in the shots
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false", "checkForUpdates": False},
+}  # fmt: skip
+PROGRESS_DEMO = (
+    "import time\n"
+    "from atcourse.progress import progress_bar\n"
+    "bar = progress_bar(total=20, desc='demo', unit='step', mininterval=0.2)\n"
+    "for step in range(20):\n"
+    "    time.sleep(0.15)\n"
+    "    bar.update(1)\n"
+    "    bar.set_postfix({'loss': f'{1 / (step + 1):.3f}'}, refresh=False)\n"
+    "bar.close()\n"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Lab:
+    """A JupyterLab server of this test: its URL, token, folder and process."""
+
+    def __init__(self, root: Path, work: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        self.token = secrets.token_hex(16)
+        self.base = f"http://127.0.0.1:{self.port}"
+        settings = work / "settings"
+        for rel, value in USER_SETTINGS.items():
+            (settings / rel).parent.mkdir(parents=True, exist_ok=True)
+            (settings / rel).write_text(json.dumps(value))
+        shipped = str(REPO / "jupyter")
+        env = {
+            **os.environ,
+            "ATCOURSE_PROFILE": "smoke",
+            "ATCOURSE_RUNS": str(work / "runs"),
+            "JUPYTER_CONFIG_DIR": str(work / "config"),
+            "JUPYTER_RUNTIME_DIR": str(work / "runtime"),
+            "IPYTHONDIR": str(work / "ipython"),
+            "JUPYTER_CONFIG_PATH": os.pathsep.join(
+                [shipped, *filter(None, [os.environ.get("JUPYTER_CONFIG_PATH")])]
+            ),
+        }
+        command = [
+            sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
+            f"--port={self.port}", f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={root}", "--ServerApp.allow_root=True",
+            f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={work / 'ws'}",
+        ]  # fmt: skip
+        if _has_curve():  # encrypted kernel sockets: no "running over TCP without encryption"
+            command.append("--KernelManager.transport_encryption=auto")
+        self.log = work / "server.log"
+        self.proc = subprocess.Popen(
+            command, cwd=root, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.api("GET", "/api/status")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"JupyterLab did not start:\n{self.log.read_text()}")
+                time.sleep(0.5)
+
+    def api(self, method: str, path: str) -> object:
+        request = urllib.request.Request(
+            f"{self.base}{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def url(self, notebook: str) -> str:
+        return f"{self.base}/doc/tree/{notebook}?token={self.token}"
+
+    def shutdown_kernels(self) -> None:
+        for kernel in self.api("GET", "/api/kernels") or []:
+            self.api("DELETE", f"/api/kernels/{kernel['id']}")
+
+    def stop(self) -> None:
+        """Stop the server this test started, by its process id."""
+        if self.proc.poll() is None:
+            try:
+                self.shutdown_kernels()
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+
+def _has_curve() -> bool:
+    import zmq
+
+    return bool(zmq.has("curve"))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    work = tmp_path_factory.mktemp("lab")
+    root = work / "root"
+    root.mkdir()
+    for path in NOTEBOOKS:
+        shutil.copy2(path, root / path.name)
+    nbformat = pytest.importorskip("nbformat")
+    demo = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(PROGRESS_DEMO)])
+    demo.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                   "language": "python"}  # fmt: skip
+    nbformat.write(demo, root / "progress_demo.ipynb")
+    server = Lab(root, work)
+    try:
+        yield server
+    finally:
+        server.stop()
+    assert "without encryption" not in server.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def page(lab, tmp_path_factory):
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM,
+            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900},
+        )  # fmt: skip
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def open_notebook(page, lab: Lab, name: str) -> None:
+    page.goto(lab.url(name))
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    # rendered once the last cell is in the DOM and no output still says it is loading
+    page.wait_for_function(
+        "() => !document.body.innerText.includes('Loading widget')", timeout=60_000
+    )
+    page.wait_for_timeout(1000)
+
+
+def outputs(page) -> list[str]:
+    return page.eval_on_selector_all(".jp-OutputArea-output", "els => els.map(e => e.innerText)")
+
+
+def stretched_pictures(page) -> list[list[float]]:
+    """[natural w, shown w] of every output picture shown wider than its own pixels."""
+    sizes = page.eval_on_selector_all(
+        ".jp-OutputArea-output img",
+        "els => els.filter(e => e.complete && e.naturalWidth > 0)"
+        ".map(e => [e.naturalWidth, e.getBoundingClientRect().width])",
+    )
+    return [s for s in sizes if s[1] > s[0] + 1]
+
+
+def shot(page, name: str, locator=None) -> Path:
+    path = SHOTS / f"{name}.png"
+    if locator is not None:
+        locator.scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
+    page.screenshot(path=str(path))
+    return path
+
+
+def run_all(page, timeout_s: float) -> None:
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+    page.wait_for_timeout(1000)
+    # done when no prompt shows [*] and the last code cell has its execution count
+    page.wait_for_function(
+        """() => {
+            const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+            return prompts.length > 0 && !prompts.some(p => p.innerText.includes('*'))
+                && /\\[\\d+\\]/.test(prompts[prompts.length - 1].innerText);
+        }""",
+        timeout=timeout_s * 1000,
+    )
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
+    assert not tracebacks, tracebacks[0][-2000:]
+
+
+def save_and_reopen(page, lab: Lab, name: str) -> dict:
+    path = lab.root / name
+    before = path.stat().st_mtime_ns
+    page.keyboard.press("Control+s")
+    deadline = time.monotonic() + 30
+    while path.stat().st_mtime_ns == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert path.stat().st_mtime_ns != before, f"{name} was not saved"
+    time.sleep(1)
+    lab.shutdown_kernels()  # a reader reopening it tomorrow: no kernel holds the widgets
+    open_notebook(page, lab, name)
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_committed_notebook_reads_without_a_kernel(page, lab, path):
+    open_notebook(page, lab, path.name)
+    texts = outputs(page)
+    assert texts, f"{path.name} shows no outputs"
+    bad = [t[:120] for t in texts if STAND_INS.search(t)]
+    assert not bad, f"{path.name} shows stand-in text: {bad}"
+    assert not stretched_pictures(page), f"{path.name}: pictures stretched past their size"
+    first = page.locator(".jp-OutputArea-output", has_text=re.compile(r"100%\|")).first
+    if not first.count():
+        first = page.locator(".jp-OutputArea-output img").first
+    shot(page, f"{path.stem}-committed", first if first.count() else None)
+    lab.shutdown_kernels()
+
+
+@pytest.mark.parametrize("name", list(LIVE), ids=lambda n: n[:2])
+def test_run_move_save_reopen(page, lab, name):
+    control, value = LIVE[name]
+    open_notebook(page, lab, name)
+    run_all(page, timeout_s=600)
+    texts = outputs(page)
+    bars = [t for t in texts if re.search(r"\d+/\d+ \[", t)]
+    assert bars, "no progress bar"
+    assert all("100%" in t for t in bars), bars
+    assert not [t for t in texts if STAND_INS.search(t)]
+
+    explorers = page.locator(".jp-OutputArea-output .widget-vbox:has(img)")
+    assert explorers.count() >= 1
+    explorer = explorers.first
+    picture = explorer.locator("img")
+    natural, shown = picture.evaluate("e => [e.naturalWidth, e.getBoundingClientRect().width]")
+    assert shown <= natural / 2 + 1, f"explorer picture {natural} px shown at {shown} px"
+    shot(page, f"{Path(name).stem}-explorer-before", explorer)
+    before = picture.screenshot()
+    src = picture.get_attribute("src")
+    explorer.locator(f".widget-dropdown:has(label:text-is('{control}')) select").select_option(value)
+    page.wait_for_function("([el, old]) => el.src !== old", arg=[picture.element_handle(), src],
+                           timeout=120_000)  # fmt: skip
+    page.wait_for_timeout(500)
+    assert picture.screenshot() != before, "the picture did not change"
+    shot(page, f"{Path(name).stem}-explorer-after", explorer)
+
+    saved = save_and_reopen(page, lab, name)
+    assert "widgets" in saved["metadata"], "widget state was not saved (jupyter/labconfig)"
+    texts = outputs(page)
+    assert not [t[:120] for t in texts if STAND_INS.search(t)]
+    assert page.locator(".jp-OutputArea-output .widget-vbox img").count() >= 1
+    shot(page, f"{Path(name).stem}-reopened",
+         page.locator(".jp-OutputArea-output .widget-vbox").first)  # fmt: skip
+    lab.shutdown_kernels()
+
+
+def test_progress_bar_is_one_text_output_that_saves_its_final_state(page, lab):
+    name = "progress_demo.ipynb"
+    open_notebook(page, lab, name)
+    run_all_started = time.monotonic()
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+    output = page.locator(".jp-OutputArea-output").first
+    output.wait_for(timeout=60_000)
+    seen = set()
+    while time.monotonic() - run_all_started < 60:
+        text = output.inner_text()
+        seen.add(text.split("|")[0])
+        if "20/20" in text:
+            break
+        page.wait_for_timeout(100)
+    assert len(seen) >= 3, f"the bar was not redrawn in place: {seen}"
+    page.wait_for_function(
+        "() => ![...document.querySelectorAll('.jp-InputPrompt')].some(p => p.innerText.includes('*'))"
+    )
+    assert page.locator(".jp-OutputArea-output").count() == 1
+    assert output.inner_text().startswith("demo: 100%|██████████| 20/20")
+    shot(page, "progress-live", output)
+    saved = save_and_reopen(page, lab, name)
+    stored = saved["cells"][0]["outputs"]
+    assert len(stored) == 1 and list(stored[0]["data"]) == ["text/plain"]
+    text = "".join(stored[0]["data"]["text/plain"])
+    assert text.startswith("demo: 100%|██████████| 20/20 [") and "loss=0.050" in text
+    assert page.locator(".jp-OutputArea-output").first.inner_text() == text
+    shot(page, "progress-reopened", page.locator(".jp-OutputArea-output").first)
