@@ -189,8 +189,12 @@ class Explorer:
 def _set(name: str, control: Any, value: Any) -> None:
     """Set a control's first value, refusing what it would silently clamp or reject."""
     low, high = getattr(control, "min", None), getattr(control, "max", None)
-    inside = low is None or high is None or (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    inside = (
+        low is None
+        or high is None
+        or (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+        )
     )
     try:
         if not inside:
@@ -271,7 +275,9 @@ def _models(nb: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _ref(value: Any) -> str | None:
-    return value[len("IPY_MODEL_") :] if isinstance(value, str) and value.startswith("IPY_") else None
+    """The model id in a state's reference to another widget (``"IPY_MODEL_<id>"``)."""
+    prefix = "IPY_MODEL_"
+    return value[len(prefix) :] if isinstance(value, str) and value.startswith(prefix) else None
 
 
 def _hidden(models: Mapping[str, Any], model: Mapping[str, Any]) -> bool:

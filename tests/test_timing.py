@@ -28,7 +28,8 @@ def test_rounds_interleave_and_rotate_after_unrecorded_warmup():
     m = FakeMachine()
     fns = {n: m.work(n, 1.0) for n in "abc"}
     out = compare(fns, repeats=4, warmup=2, clock=m.clock)
-    assert m.calls == list("abc" "bca" "cab" "abc" "bca" "cab")
+    rounds = ["abc", "bca", "cab", "abc", "bca", "cab"]  # 2 warm-up rounds, then 4 recorded
+    assert m.calls == list("".join(rounds))
     assert list(out) == ["a", "b", "c"]
     assert all(s.samples == (1.0,) * 4 for s in out.values())  # warm-up rounds not recorded
 

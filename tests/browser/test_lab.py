@@ -102,6 +102,7 @@ class Lab:
             f"--port={self.port}", f"--IdentityProvider.token={self.token}",
             f"--ServerApp.root_dir={root}", "--ServerApp.allow_root=True",
             f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={work / 'ws'}",
+            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: commands, not clicks
         ]  # fmt: skip
         if _has_curve():  # encrypted kernel sockets: no "running over TCP without encryption"
             command.append("--KernelManager.transport_encryption=auto")
@@ -117,7 +118,9 @@ class Lab:
             except (urllib.error.URLError, ConnectionError):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"JupyterLab did not start:\n{self.log.read_text()}")
+                    raise RuntimeError(
+                        f"JupyterLab did not start:\n{self.log.read_text()}"
+                    ) from None
                 time.sleep(0.5)
 
     def api(self, method: str, path: str) -> object:
@@ -129,6 +132,7 @@ class Lab:
         return json.loads(body) if body else None
 
     def url(self, notebook: str) -> str:
+        """The notebook alone in JupyterLab's single-document mode."""
         return f"{self.base}/doc/tree/{notebook}?token={self.token}"
 
     def shutdown_kernels(self) -> None:
@@ -187,8 +191,12 @@ def page(lab, tmp_path_factory):
             str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM,
             headless=True, args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900},
         )  # fmt: skip
+        page = context.pages[0] if context.pages else context.new_page()
+        page.goto(lab.url(NOTEBOOKS[0].name))
+        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell",
+                               timeout=120_000)  # fmt: skip
         try:
-            yield context.pages[0] if context.pages else context.new_page()
+            yield page
         finally:
             context.close()
 
@@ -196,14 +204,32 @@ def page(lab, tmp_path_factory):
 # ----------------------------------------------------------------------------- helpers
 
 
-def open_notebook(page, lab: Lab, name: str) -> None:
-    page.goto(lab.url(name))
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    # rendered once the last cell is in the DOM and no output still says it is loading
-    page.wait_for_function(
-        "() => !document.body.innerText.includes('Loading widget')", timeout=60_000
+def command(page, name: str, args: dict | None = None):
+    """Run a JupyterLab command (what a menu item or a shortcut runs)."""
+    return page.evaluate(
+        "([name, args]) => window.jupyterapp.commands.execute(name, args).then(() => null)",
+        [name, args or {}],
     )
-    page.wait_for_timeout(1000)
+
+
+def open_notebook(page, lab: Lab, name: str) -> None:
+    """Close what is open, open ``name`` and wait until every cell and output is drawn."""
+    command(page, "application:close-all")
+    cells = page.evaluate(
+        """async (path) => {
+            const panel = await window.jupyterapp.commands.execute('docmanager:open', {path});
+            await panel.context.ready;
+            await panel.revealed;
+            return panel.context.model.cells.length;
+        }""",
+        name,
+    )
+    page.wait_for_function(
+        """(n) => document.querySelectorAll('.jp-NotebookPanel .jp-Cell').length === n
+            && !document.body.innerText.includes('Loading widget')""",
+        arg=cells, timeout=90_000,
+    )  # fmt: skip
+    page.wait_for_timeout(500)
 
 
 def outputs(page) -> list[str]:
@@ -230,10 +256,9 @@ def shot(page, name: str, locator=None) -> Path:
 
 
 def run_all(page, timeout_s: float) -> None:
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+    """Run every cell, as Run > Run All Cells does, and wait for the last one to finish."""
+    command(page, "notebook:run-all-cells")
     page.wait_for_timeout(1000)
-    # done when no prompt shows [*] and the last code cell has its execution count
     page.wait_for_function(
         """() => {
             const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
@@ -250,7 +275,7 @@ def run_all(page, timeout_s: float) -> None:
 def save_and_reopen(page, lab: Lab, name: str) -> dict:
     path = lab.root / name
     before = path.stat().st_mtime_ns
-    page.keyboard.press("Control+s")
+    command(page, "docmanager:save")
     deadline = time.monotonic() + 30
     while path.stat().st_mtime_ns == before and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -299,7 +324,8 @@ def test_run_move_save_reopen(page, lab, name):
     shot(page, f"{Path(name).stem}-explorer-before", explorer)
     before = picture.screenshot()
     src = picture.get_attribute("src")
-    explorer.locator(f".widget-dropdown:has(label:text-is('{control}')) select").select_option(value)
+    dropdown = explorer.locator(f".widget-dropdown:has(label:text-is('{control}')) select")
+    dropdown.select_option(value)
     page.wait_for_function("([el, old]) => el.src !== old", arg=[picture.element_handle(), src],
                            timeout=120_000)  # fmt: skip
     page.wait_for_timeout(500)
@@ -320,8 +346,7 @@ def test_progress_bar_is_one_text_output_that_saves_its_final_state(page, lab):
     name = "progress_demo.ipynb"
     open_notebook(page, lab, name)
     run_all_started = time.monotonic()
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+    command(page, "notebook:run-all-cells")
     output = page.locator(".jp-OutputArea-output").first
     output.wait_for(timeout=60_000)
     seen = set()
@@ -333,7 +358,8 @@ def test_progress_bar_is_one_text_output_that_saves_its_final_state(page, lab):
         page.wait_for_timeout(100)
     assert len(seen) >= 3, f"the bar was not redrawn in place: {seen}"
     page.wait_for_function(
-        "() => ![...document.querySelectorAll('.jp-InputPrompt')].some(p => p.innerText.includes('*'))"
+        "() => ![...document.querySelectorAll('.jp-InputPrompt')]"
+        ".some(p => p.innerText.includes('*'))"
     )
     assert page.locator(".jp-OutputArea-output").count() == 1
     assert output.inner_text().startswith("demo: 100%|██████████| 20/20")
