@@ -131,10 +131,6 @@ class Lab:
             body = response.read()
         return json.loads(body) if body else None
 
-    def url(self, notebook: str) -> str:
-        """The notebook alone in JupyterLab's single-document mode."""
-        return f"{self.base}/doc/tree/{notebook}?token={self.token}"
-
     def shutdown_kernels(self) -> None:
         for kernel in self.api("GET", "/api/kernels") or []:
             self.api("DELETE", f"/api/kernels/{kernel['id']}")
@@ -192,9 +188,13 @@ def page(lab, tmp_path_factory):
             headless=True, args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900},
         )  # fmt: skip
         page = context.pages[0] if context.pages else context.new_page()
-        page.goto(lab.url(NOTEBOOKS[0].name))
-        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell",
-                               timeout=120_000)  # fmt: skip
+        page.goto(f"{lab.base}/lab?reset&token={lab.token}")
+        page.wait_for_function("() => window.jupyterapp", timeout=120_000)
+        page.evaluate("() => window.jupyterapp.restored.then(() => null)")  # commands ready
+        # one notebook at a time, no side bars: what the screenshots show
+        command(page, "application:set-mode", {"mode": "single-document"})
+        page.evaluate("() => { window.jupyterapp.shell.collapseLeft(); "
+                      "window.jupyterapp.shell.collapseRight(); }")  # fmt: skip
         try:
             yield page
         finally:
@@ -212,36 +212,42 @@ def command(page, name: str, args: dict | None = None):
     )
 
 
-def open_notebook(page, lab: Lab, name: str) -> None:
-    """Close what is open, open ``name`` and wait until every cell and output is drawn."""
-    command(page, "application:close-all")
-    cells = page.evaluate(
+def open_notebook(page, name: str):
+    """Close what is open (unsaved changes dropped), open ``name``, wait until every cell is
+    drawn; returns its panel."""
+    panel_id, cells = page.evaluate(
         """async (path) => {
-            const panel = await window.jupyterapp.commands.execute('docmanager:open', {path});
+            const app = window.jupyterapp;
+            for (const widget of Array.from(app.shell.widgets('main'))) {
+                if (widget.context) widget.context.model.dirty = false;  // no "save?" dialog
+                widget.dispose();
+            }
+            const panel = await app.commands.execute('docmanager:open', {path});
             await panel.context.ready;
             await panel.revealed;
-            return panel.context.model.cells.length;
+            return [panel.id, panel.context.model.cells.length];
         }""",
         name,
     )
+    panel = page.locator(f"[id='{panel_id}']")
+    panel.locator(".jp-Cell").nth(cells - 1).wait_for(state="attached", timeout=90_000)
     page.wait_for_function(
-        """(n) => document.querySelectorAll('.jp-NotebookPanel .jp-Cell').length === n
-            && !document.body.innerText.includes('Loading widget')""",
-        arg=cells, timeout=90_000,
+        "(id) => !document.getElementById(id).innerText.includes('Loading widget')",
+        arg=panel_id, timeout=60_000,
     )  # fmt: skip
     page.wait_for_timeout(500)
+    return panel
 
 
-def outputs(page) -> list[str]:
-    return page.eval_on_selector_all(".jp-OutputArea-output", "els => els.map(e => e.innerText)")
+def outputs(panel) -> list[str]:
+    return panel.locator(".jp-OutputArea-output").all_inner_texts()
 
 
-def stretched_pictures(page) -> list[list[float]]:
+def stretched_pictures(panel) -> list[list[float]]:
     """[natural w, shown w] of every output picture shown wider than its own pixels."""
-    sizes = page.eval_on_selector_all(
-        ".jp-OutputArea-output img",
+    sizes = panel.locator(".jp-OutputArea-output img").evaluate_all(
         "els => els.filter(e => e.complete && e.naturalWidth > 0)"
-        ".map(e => [e.naturalWidth, e.getBoundingClientRect().width])",
+        ".map(e => [e.naturalWidth, e.getBoundingClientRect().width])"
     )
     return [s for s in sizes if s[1] > s[0] + 1]
 
@@ -255,35 +261,36 @@ def shot(page, name: str, locator=None) -> Path:
     return path
 
 
-def run_all(page, timeout_s: float) -> None:
-    """Run every cell, as Run > Run All Cells does, and wait for the last one to finish."""
-    command(page, "notebook:run-all-cells")
-    page.wait_for_timeout(1000)
-    page.wait_for_function(
-        """() => {
-            const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
-            return prompts.length > 0 && !prompts.some(p => p.innerText.includes('*'))
-                && /\\[\\d+\\]/.test(prompts[prompts.length - 1].innerText);
-        }""",
-        timeout=timeout_s * 1000,
+def run_all(page, panel, timeout_s: float) -> None:
+    """Run every cell (Run > Run All Cells), returning when the last one has finished."""
+    page.evaluate(
+        """(timeout) => Promise.race([
+            window.jupyterapp.commands.execute('notebook:run-all-cells'),
+            new Promise((_, reject) => setTimeout(() => reject(new Error('still running')),
+                                                  timeout)),
+        ]).then(() => null)""",
+        timeout_s * 1000,
     )
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    prompts = panel.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+    assert prompts and not [p for p in prompts if "*" in p or not re.search(r"\[\d+\]", p)]
+    errors = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
     assert not tracebacks, tracebacks[0][-2000:]
 
 
-def save_and_reopen(page, lab: Lab, name: str) -> dict:
+def save_and_reopen(page, lab: Lab, name: str):
+    """Save, stop every kernel (no kernel holds the widgets any more), reopen: the panel."""
     path = lab.root / name
     before = path.stat().st_mtime_ns
-    command(page, "docmanager:save")
+    page.evaluate(  # what File > Save runs, for the open notebook
+        "() => window.jupyterapp.shell.currentWidget.context.save().then(() => null)"
+    )
     deadline = time.monotonic() + 30
     while path.stat().st_mtime_ns == before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert path.stat().st_mtime_ns != before, f"{name} was not saved"
-    time.sleep(1)
-    lab.shutdown_kernels()  # a reader reopening it tomorrow: no kernel holds the widgets
-    open_notebook(page, lab, name)
-    return json.loads(path.read_text())
+    lab.shutdown_kernels()
+    return open_notebook(page, name), json.loads(path.read_text())
 
 
 # ----------------------------------------------------------------------------- tests
@@ -291,15 +298,15 @@ def save_and_reopen(page, lab: Lab, name: str) -> dict:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
 def test_committed_notebook_reads_without_a_kernel(page, lab, path):
-    open_notebook(page, lab, path.name)
-    texts = outputs(page)
+    panel = open_notebook(page, path.name)
+    texts = outputs(panel)
     assert texts, f"{path.name} shows no outputs"
     bad = [t[:120] for t in texts if STAND_INS.search(t)]
     assert not bad, f"{path.name} shows stand-in text: {bad}"
-    assert not stretched_pictures(page), f"{path.name}: pictures stretched past their size"
-    first = page.locator(".jp-OutputArea-output", has_text=re.compile(r"100%\|")).first
+    assert not stretched_pictures(panel), f"{path.name}: pictures stretched past their size"
+    first = panel.locator(".jp-OutputArea-output", has_text=re.compile(r"100%\|")).first
     if not first.count():
-        first = page.locator(".jp-OutputArea-output img").first
+        first = panel.locator(".jp-OutputArea-output img").first
     shot(page, f"{path.stem}-committed", first if first.count() else None)
     lab.shutdown_kernels()
 
@@ -307,67 +314,73 @@ def test_committed_notebook_reads_without_a_kernel(page, lab, path):
 @pytest.mark.parametrize("name", list(LIVE), ids=lambda n: n[:2])
 def test_run_move_save_reopen(page, lab, name):
     control, value = LIVE[name]
-    open_notebook(page, lab, name)
-    run_all(page, timeout_s=600)
-    texts = outputs(page)
-    bars = [t for t in texts if re.search(r"\d+/\d+ \[", t)]
+    stem = Path(name).stem
+    panel = open_notebook(page, name)
+    run_all(page, panel, timeout_s=600)
+    texts = outputs(panel)
+    bars = [t for t in texts if re.search(r"\d+/\d+\s\[", t)]
     assert bars, "no progress bar"
     assert all("100%" in t for t in bars), bars
-    assert not [t for t in texts if STAND_INS.search(t)]
+    assert not [t[:120] for t in texts if STAND_INS.search(t)]
+    bar = panel.locator(".jp-OutputArea-output", has_text=re.compile(r"\d+/\d+\s\[")).first
+    shot(page, f"{stem}-run-progress", bar)
 
-    explorers = page.locator(".jp-OutputArea-output .widget-vbox:has(img)")
-    assert explorers.count() >= 1
-    explorer = explorers.first
+    explorer = panel.locator(".jp-OutputArea-output .widget-vbox:has(img)").first
     picture = explorer.locator("img")
     natural, shown = picture.evaluate("e => [e.naturalWidth, e.getBoundingClientRect().width]")
     assert shown <= natural / 2 + 1, f"explorer picture {natural} px shown at {shown} px"
-    shot(page, f"{Path(name).stem}-explorer-before", explorer)
+    shot(page, f"{stem}-explorer-before", explorer)
     before = picture.screenshot()
     src = picture.get_attribute("src")
     dropdown = explorer.locator(f".widget-dropdown:has(label:text-is('{control}')) select")
     dropdown.select_option(value)
-    page.wait_for_function("([el, old]) => el.src !== old", arg=[picture.element_handle(), src],
-                           timeout=120_000)  # fmt: skip
-    page.wait_for_timeout(500)
+    picture.evaluate(
+        """(img, old) => new Promise((resolve, reject) => {
+            const end = Date.now() + 120000;
+            const check = () => img.src !== old && img.complete ? resolve(null)
+                : Date.now() > end ? reject(new Error('picture not redrawn'))
+                : setTimeout(check, 200);
+            check();
+        })""",
+        src,
+    )
     assert picture.screenshot() != before, "the picture did not change"
-    shot(page, f"{Path(name).stem}-explorer-after", explorer)
+    shot(page, f"{stem}-explorer-after", explorer)
 
-    saved = save_and_reopen(page, lab, name)
+    panel, saved = save_and_reopen(page, lab, name)
     assert "widgets" in saved["metadata"], "widget state was not saved (jupyter/labconfig)"
-    texts = outputs(page)
+    texts = outputs(panel)
     assert not [t[:120] for t in texts if STAND_INS.search(t)]
-    assert page.locator(".jp-OutputArea-output .widget-vbox img").count() >= 1
-    shot(page, f"{Path(name).stem}-reopened",
-         page.locator(".jp-OutputArea-output .widget-vbox").first)  # fmt: skip
+    reopened = panel.locator(".jp-OutputArea-output .widget-vbox:has(img)")
+    assert reopened.count() >= 1
+    shot(page, f"{stem}-reopened", reopened.first)
     lab.shutdown_kernels()
 
 
 def test_progress_bar_is_one_text_output_that_saves_its_final_state(page, lab):
     name = "progress_demo.ipynb"
-    open_notebook(page, lab, name)
-    run_all_started = time.monotonic()
-    command(page, "notebook:run-all-cells")
-    output = page.locator(".jp-OutputArea-output").first
+    panel = open_notebook(page, name)
+    started = time.monotonic()
+    # not awaited: the bar is read while the cell runs
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    output = panel.locator(".jp-OutputArea-output").first
     output.wait_for(timeout=60_000)
     seen = set()
-    while time.monotonic() - run_all_started < 60:
+    while time.monotonic() - started < 60:
         text = output.inner_text()
         seen.add(text.split("|")[0])
         if "20/20" in text:
             break
         page.wait_for_timeout(100)
     assert len(seen) >= 3, f"the bar was not redrawn in place: {seen}"
-    page.wait_for_function(
-        "() => ![...document.querySelectorAll('.jp-InputPrompt')]"
-        ".some(p => p.innerText.includes('*'))"
-    )
-    assert page.locator(".jp-OutputArea-output").count() == 1
+    panel.locator(".jp-InputPrompt", has_text=re.compile(r"\[1\]")).wait_for(timeout=60_000)
+    assert panel.locator(".jp-OutputArea-output").count() == 1
     assert output.inner_text().startswith("demo: 100%|██████████| 20/20")
     shot(page, "progress-live", output)
-    saved = save_and_reopen(page, lab, name)
+    panel, saved = save_and_reopen(page, lab, name)
     stored = saved["cells"][0]["outputs"]
     assert len(stored) == 1 and list(stored[0]["data"]) == ["text/plain"]
     text = "".join(stored[0]["data"]["text/plain"])
     assert text.startswith("demo: 100%|██████████| 20/20 [") and "loss=0.050" in text
-    assert page.locator(".jp-OutputArea-output").first.inner_text() == text
-    shot(page, "progress-reopened", page.locator(".jp-OutputArea-output").first)
+    assert panel.locator(".jp-OutputArea-output").first.inner_text() == text
+    shot(page, "progress-reopened", panel.locator(".jp-OutputArea-output").first)
