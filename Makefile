@@ -16,9 +16,10 @@ PIP_ARGS ?=
 
 .PHONY: course test unit nbtest lab notebooks student bench lint clean-runs browser-test
 
-# JupyterLab reads default settings from here (labconfig/default_setting_overrides.json):
-# widget state is saved with a notebook, so a saved explorer reopens instead of reading
-# "Error displaying widget: model not found".
+# The course's Jupyter settings (jupyter/): a notebook is saved with its widget outputs
+# frozen to what they showed (jupyter_server_config.py, atcourse.widgets.pre_save_hook),
+# read from the widget state JupyterLab saves with it (labconfig/), so a saved notebook
+# reopens without "Error displaying widget: model not found".
 LAB_ENV := JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}"
 CHROMIUM ?= /usr/bin/chromium
 

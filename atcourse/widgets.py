@@ -8,12 +8,13 @@ nbviewer, nbconvert, JupyterLab before "Trust" or without a kernel). Pictures ar
 twice the figure's dpi and shown at the figure's own size: never stretched to the output's
 width, and 7-point text stays sharp on a high-density screen.
 
-:func:`freeze` (and ``python -m atcourse.widgets NOTEBOOK...``) turns the widget outputs of
-an executed notebook into plain outputs and drops the stored widget state, which a re-run
-would invalidate: an explorer keeps its PNG, a tqdm widget bar becomes its final text (read
-from the stored widget state, so "100%|██████████| 936/936 [05:52<00:00, ...]" instead of
-the "0%" text a widget stores at its creation), a bar closed with ``leave=False`` goes, and
-a widget whose state was not stored says so instead of showing a stale repr.
+:func:`freeze` (``python -m atcourse.widgets NOTEBOOK...``, and on every save in ``make lab``
+through :func:`pre_save_hook`) turns the widget outputs of a notebook into plain outputs and
+drops the stored widget state, which a re-run would invalidate: an explorer keeps its PNG,
+a tqdm widget bar becomes its final text (read from the stored widget state, so
+"100%|██████████| 936/936 [05:52<00:00, ...]" instead of the "0%" text a widget stores at
+its creation), a bar closed with ``leave=False`` goes, and a widget whose state was not
+stored says so instead of showing a stale repr.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Explorer", "explore", "freeze", "freeze_file", "main"]
+__all__ = ["Explorer", "explore", "freeze", "freeze_file", "main", "pre_save_hook"]
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -424,6 +425,26 @@ def freeze_file(path: str | Path) -> Counter[str]:
         out = nbformat.writes(nbformat.from_dict(nb)) + ("\n" if text.endswith("\n") else "")
         atomic_write(path, out.encode("utf-8"))
     return done
+
+
+def pre_save_hook(model: dict[str, Any], **kwargs: Any) -> None:
+    """Jupyter server's pre-save hook: a notebook is saved with its widget outputs frozen.
+
+    Set by ``jupyter/jupyter_server_config.json`` (``make lab``), it makes what a person
+    saves read like a committed notebook: reopened later, without the kernel that held the
+    widgets, it shows final progress-bar text and the explorers' pictures instead of
+    "Error displaying widget: model not found". The open session keeps its live widgets:
+    only the file changes.
+
+    Args:
+        model: the contents model being saved; a notebook's ``content`` is replaced.
+        **kwargs: ``path`` and ``contents_manager``, unused.
+    """
+    if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
+        return
+    content = json.loads(json.dumps(model["content"]))  # the save stays whole if freeze fails
+    freeze(content)
+    model["content"] = content
 
 
 def main(argv: Sequence[str] | None = None) -> int:

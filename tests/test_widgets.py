@@ -258,3 +258,17 @@ def test_controls_from_specs_start_at_the_draw_functions_defaults():
         aw.explore(make_draw([]), {"index": range(8)}, start={"index": 9})
     with pytest.raises(ValueError, match="start value 'mean' does not fit control 'reduce'"):
         aw.explore(make_draw([]), {"index": range(8), "reduce": ["sum", "max"]})
+
+
+def test_pre_save_hook_freezes_a_saved_notebook_and_leaves_other_files():
+    bar = _tqdm_widget_bar("at-s0", 10, 10)
+    nb = _notebook([[_view(bar, "at-s0:   0%|")]])
+    model = {"type": "notebook", "content": nb}
+    aw.pre_save_hook(model, path="x.ipynb", contents_manager=None)
+    saved = model["content"]
+    assert "widgets" not in saved["metadata"]
+    assert saved["cells"][0]["outputs"][0]["data"]["text/plain"].startswith("at-s0: 100%|")
+    assert aw.WIDGET_VIEW in nb["cells"][0]["outputs"][0]["data"]  # a copy was frozen
+    text = {"type": "file", "content": "VBox(", "format": "text"}
+    aw.pre_save_hook(text, path="x.txt", contents_manager=None)
+    assert text["content"] == "VBox("
