@@ -338,10 +338,8 @@ def _unstored_text(plain: str) -> str:
     return "an interactive widget (its state was not stored; run the cell to use it)"
 
 
-def _plain(output: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    return {"output_type": "display_data", "data": data, "metadata": {}} | (
-        {"transient": output["transient"]} if "transient" in output else {}
-    )
+def _plain(data: dict[str, Any]) -> dict[str, Any]:
+    return {"output_type": "display_data", "data": data, "metadata": {}}
 
 
 def freeze(nb: dict[str, Any]) -> Counter[str]:
@@ -382,7 +380,7 @@ def freeze(nb: dict[str, Any]) -> Counter[str]:
             if bar is not None:
                 text, visible = bar
                 if visible:
-                    kept.append(_plain(output, {"text/plain": text}))
+                    kept.append(_plain({"text/plain": text}))
                     done["bar"] += 1
                 else:
                     done["hidden bar"] += 1
@@ -390,11 +388,11 @@ def freeze(nb: dict[str, Any]) -> Counter[str]:
             png = _first_image(models, model_id)
             if png is not None:
                 encoded = base64.b64encode(png).decode("ascii")
-                kept.append(_plain(output, {"image/png": encoded, "text/plain": "<a picture>"}))
+                kept.append(_plain({"image/png": encoded, "text/plain": "<a picture>"}))
                 done["picture"] += 1
                 continue
             plain = "".join(data.get("text/plain", ""))
-            kept.append(_plain(output, {"text/plain": _unstored_text(plain)}))
+            kept.append(_plain({"text/plain": _unstored_text(plain)}))
             done["unstored"] += 1
         cell["outputs"] = kept
     if nb.get("metadata", {}).pop("widgets", None) is not None:
