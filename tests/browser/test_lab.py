@@ -309,6 +309,13 @@ def test_committed_notebook_reads_without_a_kernel(page, lab, path):
     if not first.count():
         first = panel.locator(".jp-OutputArea-output img").first
     shot(page, f"{path.stem}-committed", first if first.count() else None)
+    # an explorer, and notebook 06's timing panel, read as pictures
+    for label, source in (("explorer", r"display\(\w+_explorer"), ("timing", r"timing\.compare")):
+        cell = panel.locator(".jp-CodeCell", has_text=re.compile(source))
+        if cell.count():
+            picture = cell.first.locator(".jp-OutputArea-output img")
+            assert picture.count() == 1, f"{path.name}: the {label} output is no picture"
+            shot(page, f"{path.stem}-committed-{label}", picture)
     lab.shutdown_kernels()
 
 
