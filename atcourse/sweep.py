@@ -45,6 +45,7 @@ from . import paths
 from .config import ConfigError, parameters
 from .leaderboard import leaderboard, to_markdown
 from .records import load_records
+from .widgets import freeze_file
 
 __all__ = [
     "SweepError", "notebook_parameters", "parse_assignment", "parse_grid", "find_notebooks",
@@ -300,6 +301,39 @@ def _finished(folder: Path, job: Job, code_hash: str) -> bool:
     )
 
 
+def kernel_options() -> dict[str, Any]:
+    """papermill's options that start kernels without "Kernel is running over TCP without
+    encryption" (encrypted where this jupyter_client and zmq can, which they say)."""
+    import zmq
+    from jupyter_client.manager import KernelManager
+    from traitlets.config import Config
+
+    if not zmq.has("curve") or "transport_encryption" not in KernelManager.class_traits():
+        return {}
+    return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
+
+
+def execute(notebook: str, output: str, params: dict[str, Any], **options: Any) -> None:
+    """papermill's ``execute_notebook`` in the notebook's folder, quiet kernels, and the
+    executed notebook's widget outputs frozen to what they show (:func:`atcourse.widgets.
+    freeze_file`), also when a cell failed."""
+    import papermill as pm
+
+    try:
+        folder = str(Path(notebook).parent)
+        pm.execute_notebook(notebook, output, parameters=params, cwd=folder,
+                            **kernel_options(), **options)  # fmt: skip
+    finally:
+        if Path(output).exists():
+            freeze_file(output)
+
+
+def _child() -> None:
+    """A ``--jobs`` process: ``python -c ... NOTEBOOK OUTPUT PARAMS_JSON``."""
+    notebook, output, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    execute(notebook, output, params, progress_bar=False)
+
+
 def _execute(
     notebook: str,
     output: str,
@@ -314,20 +348,11 @@ def _execute(
     count, runs folder). Used one job at a time, so that ``--verbose`` and ``--progress``
     can stream; ``--jobs`` runs :func:`_execute_in_process` instead.
     """
-    import papermill as pm
-
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(
-            notebook,
-            output,
-            parameters=params,
-            cwd=str(Path(notebook).parent),
-            progress_bar=progress,
-            log_output=log_output,
-        )
+        execute(notebook, output, params, progress_bar=progress, log_output=log_output)
         status, error = "ok", ""
     except Exception as exc:  # a failed notebook must not stop the others
         status = "FAILED"
@@ -350,9 +375,8 @@ def _execute_in_process(job: Job, folder: Path, output: Path) -> tuple[str, str,
     ``papermill.log``.
     """
     command = [
-        sys.executable, "-m", "papermill", str(job.notebook), str(output),
-        "-y", json.dumps(job.params, default=list), "--cwd", str(job.notebook.parent),
-        "--no-progress-bar",
+        sys.executable, "-c", "from atcourse.sweep import _child; _child()",
+        str(job.notebook), str(output), json.dumps(job.params, default=list),
     ]  # fmt: skip
     t0 = time.perf_counter()
     try:

@@ -39,6 +39,7 @@ from .data import DeviceLoader, ImageDataset
 from .distill.base import Distiller, DistillOutput
 from .distill.teacher_cache import TeacherCache
 from .metrics import evaluate
+from .progress import progress_bar
 from .runtime import Precision, precision_for, seed_everything, synchronize
 
 __all__ = [
@@ -203,9 +204,10 @@ def check_finite(sums: EpochSums, epoch: int, step: int, steps: int) -> None:
 # ----------------------------------------------------------------------------- run identity
 
 
-def _setting(method: Distiller, cfg: Config, precision: Precision) -> dict[str, Any]:
+def _setting(method: Distiller, cfg: Config, precision: Precision, task: str) -> dict[str, Any]:
     """What a run's weights depend on: a checkpoint resumes only under the same setting."""
     setting = {k: cfg.get(k) for k in (*RECIPE_KEYS, "seed")}
+    setting["task"] = task
     if setting["optimizer"] == "sgd":
         setting["optimizer"] = None  # the default, however it was written
     teacher = getattr(method, "teacher", None)
@@ -375,11 +377,12 @@ def fit(
             the validation split; the test split is for reported results.
         label: the run's row in tables (default: the method's name).
         name: the run's name (default: :func:`atcourse.records.run_name` of the label,
-            student, data set, profile and seed).
+            student, task (the training set's name: the data set, or a class subset of it),
+            profile and seed).
         run_dir: where checkpoint and record go (default ``runs/<name>``).
         resume: what to do with a run already in the folder. ``"auto"`` or ``True``:
             continue it from its checkpoint, or return it as it is when it has finished,
-            if it was trained under the same setting (recipe, seed, method, its
+            if it was trained under the same setting (recipe, task, seed, method, its
             hyperparameters, student, teacher, precision); a run of another setting is
             refused (:class:`RunExistsError`). ``False``: refuse any run already there.
             Under ``"auto"`` an unreadable checkpoint starts the run afresh, with a warning.
@@ -399,12 +402,12 @@ def fit(
             f"atcourse.distill.Baseline(model)"
         )
     label = label or method.name
-    name = name or records.run_name(
-        label, records.arch_name(method.student), cfg["dataset"], cfg["profile"], cfg["seed"]
+    name = name or records.run_name(  # the task: the data set, or a class subset of it
+        label, records.arch_name(method.student), train_set.name, cfg["profile"], cfg["seed"]
     )
     folder = Path(run_dir) if run_dir is not None else records.run_dir(name)
     precision = precision_for(cfg["device"], cfg.get("precision") or "auto")
-    setting = _setting(method, cfg, precision)
+    setting = _setting(method, cfg, precision, train_set.name)
     if record and not replace and _finished(folder, setting, resume):
         # returned without the lock, so a read-only runs folder serves its finished runs
         with contextlib.suppress(paths.CorruptFileError):  # handled below, under the lock
@@ -508,12 +511,11 @@ class _Run:
         meta: dict[str, Any],
     ) -> None:
         """Epochs from the first not yet trained to the last, each checkpointed and recorded."""
-        from tqdm.auto import tqdm
-
         self.meta = meta
         epochs, steps = self.cfg["epochs"], len(self.loader)
-        bar = tqdm(total=epochs * steps, initial=self.start_epoch * steps, desc=name,
-                   disable=not progress, unit="step", leave=True, dynamic_ncols=True)  # fmt: skip
+        bar = progress_bar(total=epochs * steps, initial=self.start_epoch * steps, desc=name,
+                           disable=not progress, unit="step", leave=True,
+                           dynamic_ncols=True)  # fmt: skip
         timer = "cuda events" if self.precision.device.type == "cuda" else "perf_counter"
         self.method.teacher_cache = self.cache
         try:
