@@ -7,7 +7,7 @@ import pytest
 from atcourse import bench
 
 TINY = dict(models=("wrn_10_1",), teacher="wrn_10_1", batch_size=16, steps=2, warmup=1,
-            device="cpu", data_size=64, progress=False)  # fmt: skip
+            device="cpu", data_size=64, progress=False, side_by_side=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +84,35 @@ def test_unknown_names_list_the_valid_ones(capsys):
     assert "unknown method 'nope'" in capsys.readouterr().err
 
 
-def test_double_backward_methods_are_skipped_under_compile():
-    run, skipped = bench._plan(["wrn_10_1"], ["kd", "gradient_at"], "wrn_16_2", compile=True)
-    assert run == ["baseline", "kd"]
-    assert skipped == [
-        {"method": "gradient_at", "reason": "double backward is not supported under torch.compile"}
-    ]
-    assert bench._plan(["wrn_10_1"], ["gradient_at"], "wrn_16_2", compile=False) == (
-        ["baseline", "gradient_at"],
-        [],
+def test_the_choices_compile_only_what_compile_supports_and_reuse_only_teachers():
+    from atcourse.bench.choices import choices
+
+    got = choices(
+        ["baseline", "kd", "gradient_at"],
+        ("fp32", "bf16"),
+        compile_methods=["baseline", "gradient_at"],
+        reuse_methods=["baseline", "kd"],
     )
+    assert ("gradient_at", "fp32", True, False) not in got  # no double backward compiled
+    assert ("baseline", "fp32", True, False) in got
+    assert ("kd", "fp32", False, True) in got and ("baseline", "fp32", False, True) not in got
+    assert {(m, p) for m, p, c, r in got if not c and not r} == {
+        (m, p) for m in ("baseline", "kd", "gradient_at") for p in ("fp32", "bf16")
+    }
+
+
+def test_side_by_side_rows_reuse_the_teacher_in_the_same_run():
+    from atcourse.bench.choices import compare_choices
+    from atcourse.data import load_dataset
+
+    data = load_dataset("shapes", "train", size=64)
+    rows = compare_choices(data, model="wrn_10_1", teacher="wrn_10_1", methods=["baseline", "kd"],
+                           precisions=("fp32",), reuse_methods=["kd"], batch_size=16, steps=2,
+                           warmup=0)  # fmt: skip
+    names = [(r["method"], r["teacher"]) for r in rows]
+    assert names == [("baseline", "-"), ("kd", "computed"), ("kd", "reused")]
+    base = rows[0]
+    assert base["vs_student_fp32"] == 1.0 and base["ms_q1"] <= base["ms_per_step"] <= base["ms_q3"]
 
 
 def test_every_flag_has_help():

@@ -48,6 +48,7 @@ from ..distill import METHODS
 from ..models import build
 from ..runtime import env_report, resolve_device
 from .attention_cost import materialization_cost
+from .choices import compare_choices, format_choices
 from .measure import bench_data, measure, measure_isolated
 from .report import PEAK_TFLOPS, TARGETS, format_table, peak_tflops, targets
 
@@ -72,20 +73,6 @@ def _resolve_out(out: str | Path | None, device: torch.device) -> Path:
     if path.suffix != ".json":
         return path / _default_out(device).name
     return path
-
-
-def _plan(
-    models: Sequence[str], methods: Sequence[str], teacher: str, compile: bool
-) -> tuple[list[str], list[dict[str, str]]]:
-    """(methods to run, methods skipped with the reason); unknown names are a ValueError."""
-    run = _validate(models, methods, teacher)
-    skipped = []
-    if compile:
-        for name in [m for m in run if METHODS[m].double_backward]:
-            run.remove(name)
-            reason = "double backward is not supported under torch.compile"
-            skipped.append({"method": name, "reason": reason})
-    return run, skipped
 
 
 def _validate(models: Sequence[str], methods: Sequence[str], teacher: str) -> list[str]:
@@ -117,6 +104,9 @@ def run_bench(
     progress: bool = True,
     data_size: int | None = None,
     isolate: bool | None = None,
+    side_by_side: bool = True,
+    precisions: Sequence[str] = ("fp32", "bf16"),
+    reuse: bool = True,
 ) -> dict[str, Any]:
     """Time the training step of each (model, method), and the DataLoader-style baseline.
 
@@ -128,8 +118,8 @@ def run_bench(
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         baseline_loader: also train each student alone through a PIL + transforms +
             DataLoader pipeline in fp32 and report the ratio.
-        compile: ``torch.compile`` the student (methods that need double backward are
-            skipped, and said so).
+        compile: in the side-by-side table, also time each method with its student
+            compiled (``torch.compile``; not the methods that need a double backward).
         data: data set name (``shapes`` needs no download).
         out: JSON file, or a folder for the default name; default
             ``runs/bench/bench-<device>-<timestamp>.json``.
@@ -138,6 +128,10 @@ def run_bench(
             so the timed steps never cross an epoch boundary).
         isolate: run each configuration in a fresh process (default: on the CPU, where that
             is the only honest way to read a peak RSS per configuration).
+        side_by_side: also time the speed choices interleaved in this process
+            (:func:`~atcourse.bench.choices.compare_choices`): every method in each of
+            ``precisions``, compiled (with ``compile``), and with its teacher's outputs
+            reused (with ``reuse``); the rows go to ``report["choices"]``.
 
     Returns:
         A dict with ``results`` (one row per configuration: ``images_per_s``,
@@ -154,7 +148,8 @@ def run_bench(
         )
     dev = resolve_device(device)
     models = list(models)
-    methods_run, skipped = _plan(models, list(methods), teacher, compile)
+    methods_run = _validate(models, list(methods), teacher)
+    skipped: list[dict[str, str]] = []
     isolate = dev.type == "cpu" if isolate is None else isolate
     size = data_size or max(5000, batch_size * (warmup + steps + 2))
     workers = 2 if dev.type == "cpu" else min(4, os.cpu_count() or 1)
@@ -181,7 +176,7 @@ def run_bench(
     for model, method, loader in configs:
         spec = {"model": model, "method": method, "loader": loader, "teacher": teacher,
                 "device": str(dev), "batch_size": batch_size, "steps": steps,
-                "warmup": warmup, "compile": compile, "data": data, "data_size": size,
+                "warmup": warmup, "compile": False, "data": data, "data_size": size,
                 "workers": workers}  # fmt: skip
         try:
             row = measure_isolated(spec) if isolate else measure(spec)
@@ -191,7 +186,7 @@ def run_bench(
                 "model": model,
                 "method": method,
                 "loader": loader,
-                "compiled": compile,
+                "compiled": False,
                 "error": error,
             }
         finally:
@@ -227,6 +222,17 @@ def run_bench(
                 "dataloader_workers": ref["workers"],
                 "ratio": base["images_per_s"] / ref["images_per_s"],
             })  # fmt: skip
+    report["choices"] = []
+    if side_by_side:
+        usable = [p for p in precisions if p == "fp32" or dev.type != "mps"]
+        for model in models:
+            rows = compare_choices(
+                bench_data(data, size), model=model, teacher=teacher, methods=methods_run,
+                precisions=usable, compile_methods=methods_run if compile else (),
+                reuse_methods=[m for m in methods_run if reuse and METHODS[m].needs_teacher],
+                batch_size=batch_size, steps=steps, warmup=min(warmup, 2), device=dev,
+            )  # fmt: skip
+            report["choices"] += rows
     report["targets"] = targets(report, dev)
     report["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
@@ -242,6 +248,9 @@ def run_bench(
             + (f", load average at start {load[0]:.2f}" if load else "")
         )
         print(format_table(report))
+        if report["choices"]:
+            print("\nthe choices side by side (interleaved, median and IQR):")
+            print(format_choices(report["choices"]))
         print(f"\nwritten to {path}")
     return report
 
@@ -290,7 +299,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the student (skips double-backward methods)",
+        help="also time each method with its student compiled (not double-backward ones)",
     )
     parser.add_argument(
         "--no-baseline-loader",
@@ -307,6 +316,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="JSON file or folder for the results "
         "(default: runs/bench/bench-<device>-<timestamp>.json)",
     )
+    parser.add_argument(
+        "--precisions",
+        type=_names,
+        default=["fp32", "bf16"],
+        help="precisions compared side by side (default: fp32,bf16)",
+    )
+    parser.add_argument(
+        "--no-side-by-side",
+        dest="side_by_side",
+        action="store_false",
+        help="skip the interleaved comparison of precisions, compile and teacher reuse",
+    )
+    parser.add_argument(
+        "--no-reuse",
+        dest="reuse",
+        action="store_false",
+        help="leave out the rows whose teacher outputs come from the cache",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the table")
     return parser
 
@@ -318,6 +345,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             models=args.models, methods=args.methods, teacher=args.teacher,
             batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
             device=args.device, baseline_loader=args.baseline_loader, compile=args.compile,
+            side_by_side=args.side_by_side, precisions=args.precisions, reuse=args.reuse,
             data=args.data, out=args.out, progress=not args.quiet,
         )  # fmt: skip
     except (ValueError, RuntimeError) as exc:
