@@ -16,7 +16,7 @@ ROOT = Path(atcourse.__file__).resolve().parent
 #: The layers, lowest first: a module may import its own layer and the layers below it.
 #: A package stands for all its modules.
 LAYERS: list[set[str]] = [
-    {"paths", "config", "runtime", "progress", "timing"},
+    {"paths", "config", "runtime", "progress", "timing", "distributed"},
     {"data"},
     {"models"},
     {"metrics"},
@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"leaderboard"},
     {"viz", "widgets", "exercises", "student"},
     {"sweep", "bench"},
-    {"cli"},
+    {"cli", "__main__"},
 ]
 LAYER_OF = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
