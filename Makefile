@@ -45,9 +45,7 @@ lab: $(BIN)/atcourse
 	$(LAB_ENV) $(BIN)/jupyter lab notebooks
 
 notebooks: $(BIN)/atcourse
-	for nb in notebooks/[0-9][0-9]_*.ipynb; do \
-		$(BIN)/papermill --cwd notebooks -p profile lab "$$nb" "$$nb" || exit 1; done
-	$(BIN)/python -m atcourse.widgets notebooks/[0-9][0-9]_*.ipynb
+	$(BIN)/python -m atcourse.execute notebooks/[0-9][0-9]_*.ipynb --profile lab
 
 student: $(BIN)/atcourse
 	$(BIN)/atcourse student

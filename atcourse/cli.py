@@ -2,6 +2,7 @@
 
     atcourse run [NOTEBOOK ...] --profile smoke --seeds 0,1 -p beta=1e2,1e3 --jobs 2
     atcourse train --arch wrn_16_1 --profile lab
+    torchrun --standalone --nproc_per_node=2 -m atcourse train --profile lab   # one run, 2 GPUs
     atcourse results --profile lab       # the leaderboard of the run records
     atcourse student                     # exercise editions into build/student/
     atcourse bench --models wrn_16_1     # images/s and method overheads
@@ -20,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import anchors, bench, data, leaderboard, models, paths, records, zoo
+from . import anchors, bench, data, distributed, leaderboard, models, paths, records, zoo
 from .config import PROFILES, ConfigError, configure
 from .distill import METHODS, build_method, hparams_from_config, unused_knobs
-from .runtime import env_report
+from .runtime import env_report, resolve_device
 from .student import run_cli as student_editions
 from .sweep import SweepError, find_notebooks, parse_assignment, run_sweep
 from .train import RunExistsError, fit
@@ -45,7 +46,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     failed = run_sweep(
         find_notebooks(args.notebooks), args.param, seeds, base, jobs=args.jobs,
         threads=args.threads, resume=args.resume, output=args.output, progress=args.progress,
-        verbose=args.verbose,
+        verbose=args.verbose, devices=args.devices,
     )  # fmt: skip
     return 1 if failed else 0
 
@@ -130,7 +131,7 @@ def _train_config(args: argparse.Namespace) -> Any:
             "drop those -p values"
         )
     try:
-        cfg = configure(args.profile, **given)
+        cfg = configure(args.profile, verbose=distributed.is_main(), **given)  # once, by rank 0
         for key, flag in (("arch", "--arch"), ("teacher_arch", "--teacher")):
             models.check_name(cfg[key], what=flag)
         hparams = hparams_from_config(args.method, cfg)
@@ -141,6 +142,22 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg, hparams = _train_config(args)  # every mistake is found before any data is loaded
+    # Under torchrun every process runs this command: they load the data alike, share one
+    # teacher (zoo) and train one run (fit); rank 0 alone writes and prints.
+    distributed.init()
+    world = distributed.world_size()
+    if world > 1 and cfg.batch_size % world:
+        raise CLIError(
+            f"batch_size={cfg.batch_size} does not split over {world} processes: give a "
+            f"multiple of {world} (-p batch_size=...), the global batch of every step"
+        )
+    if args.sync_bn:
+        try:
+            on_cuda = resolve_device(cfg.device).type == "cuda"
+        except (RuntimeError, ValueError) as exc:
+            raise CLIError(str(exc)) from exc
+        if not on_cuda:
+            raise CLIError("--sync-bn needs CUDA (SyncBatchNorm runs on GPUs); drop it on the CPU")
     train_set, val_set, test_set = data.load_splits(cfg)
     student = models.build(cfg.arch, num_classes=train_set.num_classes, seed=cfg.seed)
     teacher = None
@@ -151,13 +168,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # A run of the same setting already there is continued or returned (two identical
         # commands started together: one trains, the other waits and returns its result).
         result = fit(method, cfg, train_set, test_set, val_set=val_set, name=args.name,
-                     resume="auto", replace=args.replace)  # fmt: skip
+                     resume="auto", replace=args.replace, sync_bn=args.sync_bn)  # fmt: skip
     except RunExistsError as exc:
         raise CLIError(str(exc)) from exc
     final = result.final
+    if not distributed.is_main():
+        return 0
+    where = f" over {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
     print(
         f"test accuracy {final.get('test_acc', float('nan')):.2%} after {final['epochs']} "
-        f"epochs, {final['images_per_s']:.0f} images/s; record in {result.run_dir}"
+        f"epochs{where}, {final['images_per_s']:.0f} images/s; record in {result.run_dir}"
     )
     return 0
 
@@ -238,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="notebooks run at once, in separate processes (default 1)",
     )
     run.add_argument(
+        "--devices",
+        default=None,
+        help="GPUs for the jobs, as nvidia-smi numbers them (e.g. 0,1,2,3): each notebook "
+        "running at once gets its own (CUDA_VISIBLE_DEVICES), in turn when --jobs exceeds "
+        "them; default with --jobs > 1: every visible GPU; 'none' leaves the jobs alone",
+    )
+    run.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -294,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--replace", action="store_true", help="train a new run over the one already there"
+    )
+    tr.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun: batch-norm statistics over the whole batch (SyncBatchNorm, "
+        "CUDA only) instead of each process's share",
     )
     tr.add_argument(
         "-p",

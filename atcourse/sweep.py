@@ -22,17 +22,24 @@ teacher they share is trained once (the zoo's file lock) and a run they share is
 by one and returned to the other (``train.fit`` locks its run folder). ``--resume`` skips
 the jobs whose ``job.json`` says they finished with the same parameters and the same
 notebook code.
+
+Devices. On a machine with several GPUs, ``--jobs N`` gives each notebook running at once a
+GPU of its own (``CUDA_VISIBLE_DEVICES``, so its ``device="auto"`` is that GPU), from every
+visible GPU or from ``--devices 0,1,...``; with more jobs than GPUs they take the GPUs in
+turn (:func:`device_slots`). A job takes a free GPU when it starts and gives it back when it
+ends; the printed line and ``job.json`` say which GPU each job ran on.
 """
 
 from __future__ import annotations
 
 import ast
 import concurrent.futures as futures
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
-import subprocess
+import queue
 import sys
 import time
 from collections.abc import Sequence
@@ -43,13 +50,14 @@ from typing import Any
 
 from . import paths
 from .config import ConfigError, parameters
+from .execute import run_job, run_job_in_process
 from .leaderboard import leaderboard, to_markdown
 from .records import load_records
-from .widgets import freeze_file
 
 __all__ = [
     "SweepError", "notebook_parameters", "parse_assignment", "parse_grid", "find_notebooks",
-    "Job", "expand_jobs", "run_sweep", "cpu_count",
+    "Job", "expand_jobs", "run_sweep", "cpu_count", "parse_devices", "visible_gpus",
+    "device_slots",
 ]  # fmt: skip
 
 
@@ -209,6 +217,7 @@ class Job:
     name: str
     variant: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    gpu: str | None = None  # the GPU it ran on (its CUDA_VISIBLE_DEVICES), or None
 
 
 def _show(value: Any) -> str:
@@ -301,105 +310,58 @@ def _finished(folder: Path, job: Job, code_hash: str) -> bool:
     )
 
 
-def kernel_options() -> dict[str, Any]:
-    """papermill's options that start kernels without "Kernel is running over TCP without
-    encryption" (encrypted where this jupyter_client and zmq can, which they say)."""
-    import zmq
-    from jupyter_client.manager import KernelManager
-    from traitlets.config import Config
-
-    if not zmq.has("curve") or "transport_encryption" not in KernelManager.class_traits():
-        return {}
-    return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
-
-
-def execute(notebook: str, output: str, params: dict[str, Any], **options: Any) -> None:
-    """papermill's ``execute_notebook`` in the notebook's folder, quiet kernels, and the
-    executed notebook's widget outputs frozen to what they show (:func:`atcourse.widgets.
-    freeze_file`), also when a cell failed."""
-    import papermill as pm
-
-    try:
-        folder = str(Path(notebook).parent)
-        pm.execute_notebook(notebook, output, parameters=params, cwd=folder,
-                            **kernel_options(), **options)  # fmt: skip
-    finally:
-        if Path(output).exists():
-            freeze_file(output)
-
-
-def _child() -> None:
-    """A ``--jobs`` process: ``python -c ... NOTEBOOK OUTPUT PARAMS_JSON``."""
-    notebook, output, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    execute(notebook, output, params, progress_bar=False)
-
-
-def _execute(
-    notebook: str,
-    output: str,
-    params: dict[str, Any],
-    env: dict[str, str],
-    progress: bool,
-    log_output: bool,
-) -> tuple[str, str, float]:
-    """Run one notebook with papermill; ``(status, error, seconds)``, never raises.
-
-    ``env`` is set around the call, so the kernel papermill starts inherits it (thread
-    count, runs folder). Used one job at a time, so that ``--verbose`` and ``--progress``
-    can stream; ``--jobs`` runs :func:`_execute_in_process` instead.
-    """
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    t0 = time.perf_counter()
-    try:
-        execute(notebook, output, params, progress_bar=progress, log_output=log_output)
-        status, error = "ok", ""
-    except Exception as exc:  # a failed notebook must not stop the others
-        status = "FAILED"
-        text = str(exc).strip()
-        error = text.splitlines()[-1][:200] if text else repr(exc)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return status, error, time.perf_counter() - t0
-
-
-def _execute_in_process(job: Job, folder: Path, output: Path) -> tuple[str, str, float]:
-    """Run one notebook in a papermill process of its own; its log goes to the job folder.
-
-    Returns ``(status, error, seconds)`` like :func:`_execute`: the error is the last line
-    papermill wrote (the exception of the failing cell), the whole log is in
-    ``papermill.log``.
-    """
-    command = [
-        sys.executable, "-c", "from atcourse.sweep import _child; _child()",
-        str(job.notebook), str(output), json.dumps(job.params, default=list),
-    ]  # fmt: skip
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            command, env={**os.environ, **job.env}, capture_output=True, text=True
-        )
-    except OSError as exc:
-        return "FAILED", f"could not start papermill: {exc}"[:200], time.perf_counter() - t0
-    seconds = time.perf_counter() - t0
-    (folder / "papermill.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode == 0:
-        return "ok", "", seconds
-    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-    error = lines[-1][:200] if lines else f"papermill exited with status {proc.returncode}"
-    return "FAILED", error, seconds
-
-
 def cpu_count() -> int:
     """The CPU cores this process may use."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def parse_devices(text: str) -> list[str]:
+    """``--devices 0,1,3`` -> ``["0", "1", "3"]``; ``"none"`` -> ``[]`` (no assignment).
+
+    GPU numbers as nvidia-smi shows them (or ``GPU-...``/``MIG-...`` UUIDs): they become the
+    jobs' ``CUDA_VISIBLE_DEVICES``, which replaces, not narrows, the caller's.
+    """
+    if text.strip().lower() == "none":
+        return []
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    bad = [d for d in devices if not (d.isdigit() or d.startswith(("GPU-", "MIG-")))]
+    if not devices or bad:
+        raise SweepError(
+            f"--devices expects GPU numbers separated by commas (e.g. 0,1,2,3) or 'none', "
+            f"got {text!r}"
+        )
+    if len(set(devices)) != len(devices):
+        raise SweepError(f"--devices lists a GPU twice: {text!r}")
+    return devices
+
+
+def visible_gpus(environ: dict[str, str] | None = None, count: int | None = None) -> list[str]:
+    """The GPUs jobs may be given: the entries of ``CUDA_VISIBLE_DEVICES`` when it is set,
+    else ``0..count-1`` (``count``: default, the GPUs torch sees)."""
+    environ = dict(os.environ) if environ is None else environ
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+    if count is None:
+        import torch  # the parent process only counts; the notebooks' kernels use the GPUs
+
+        count = torch.cuda.device_count()
+    return [str(i) for i in range(count)]
+
+
+def device_slots(devices: Sequence[str], jobs: int) -> list[str]:
+    """The GPU of each of the ``jobs`` notebooks that run at once: the devices in turn.
+
+    ``jobs`` <= GPUs: one GPU each (the first ``jobs`` GPUs). More jobs than GPUs: they
+    share, in turn (``["0", "1"]``, 3 jobs -> ``["0", "1", "0"]``), which suits models too
+    small to fill a GPU. No devices: no slots (the jobs keep the caller's environment).
+    """
+    if jobs < 1:
+        raise SweepError(f"--jobs expects a positive number of processes, got {jobs}")
+    return [devices[i % len(devices)] for i in range(jobs)] if devices else []
 
 
 def run_sweep(
@@ -414,6 +376,7 @@ def run_sweep(
     output: str | Path | None = None,
     progress: bool = False,
     verbose: bool = False,
+    devices: str | Sequence[str] | None = None,
 ) -> int:
     """Run every job of a sweep (:func:`expand_jobs`) with papermill; the number that failed.
 
@@ -425,6 +388,9 @@ def run_sweep(
         output: folder for the job folders (default ``runs/notebooks/<profile>/``).
         progress, verbose: papermill's cell progress and the notebooks' output (one job at
             a time only).
+        devices: the GPUs for the jobs (``"0,1"``, a list, or ``"none"``); each job running
+            at once takes one (:func:`device_slots`). Default: every visible GPU when
+            ``jobs > 1`` and there are several, and the sweep is not on ``device="cpu"``.
 
     A failed notebook does not stop the others; the summary table and the leaderboard of
     the profiles run are printed at the end.
@@ -432,6 +398,18 @@ def run_sweep(
     if jobs < 1:
         raise SweepError(f"--jobs expects a positive number of processes, got {jobs}")
     planned_jobs = expand_jobs(notebooks, assignments, seeds, base)
+    if isinstance(devices, str):
+        gpus = parse_devices(devices)
+    elif devices is not None:
+        gpus = list(devices)
+    elif jobs > 1 and str((base or {}).get("device", "auto")) in ("auto", "cuda"):
+        gpus = visible_gpus()
+        gpus = gpus if len(gpus) > 1 else []  # one GPU: the jobs share it as they are
+    else:
+        gpus = []
+    free: queue.Queue[str] = queue.Queue()
+    for gpu in device_slots(gpus, jobs):
+        free.put(gpu)
     threads = threads or (max(1, cpu_count() // jobs) if jobs > 1 else None)
     runs_root = paths.runs_root()
     out_root = Path(output) if output else runs_root / "notebooks"
@@ -454,11 +432,30 @@ def run_sweep(
         summary[job.name] = (status, secs, error)
         record = {
             "notebook": job.notebook.name, "params": job.params, "status": status,
-            "error": error, "seconds": round(secs, 1), "code": code, "env": job.env,
+            "error": error, "seconds": round(secs, 1), "code": code, "gpu": job.gpu, "env": job.env,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }  # fmt: skip
         (folder / "job.json").write_text(json.dumps(record, indent=1, default=list))
-        print(f"[atcourse run] {status:<6} {job.name} ({secs:.0f} s) {error}".rstrip(), flush=True)
+        where = f" on GPU {job.gpu}" if job.gpu is not None else ""
+        print(f"[atcourse run] {status:<6} {job.name} ({secs:.0f} s{where}) {error}".rstrip(),
+              flush=True)  # fmt: skip
+
+    @contextlib.contextmanager
+    def on_free_gpu(job: Job):
+        """Hold a free GPU for the job while it runs (none when there are no slots)."""
+        if not gpus:
+            yield
+            return
+        job.gpu = free.get()  # never waits: a slot per job that runs at once
+        job.env["CUDA_VISIBLE_DEVICES"] = job.gpu
+        try:
+            yield
+        finally:
+            free.put(job.gpu)
+
+    def execute_in_process(job: Job, folder: Path, out: Path) -> tuple[str, str, float]:
+        with on_free_gpu(job):
+            return run_job_in_process(job.notebook, job.params, job.env, folder, out)
 
     todo = []
     for job, folder, out, code, skip in planned:
@@ -471,21 +468,25 @@ def run_sweep(
     how = f"{jobs} at a time" if jobs > 1 else "one at a time"
     print(
         f"[atcourse run] {len(todo)} notebook job(s) to run, {how}"
-        + (f", {threads} CPU thread(s) each" if threads else ""),
+        + (f", {threads} CPU thread(s) each" if threads else "")
+        + (f", on GPU(s) {','.join(dict.fromkeys(device_slots(gpus, jobs)))}" if gpus else ""),
         flush=True,
     )
     t0 = time.perf_counter()
     if jobs == 1:
         for job, folder, out, code in todo:
-            print(f"[atcourse run] start  {job.name} {job.params or ''} -> {out}", flush=True)
-            result = _execute(str(job.notebook), str(out), job.params, job.env, progress, verbose)
+            with on_free_gpu(job):
+                print(f"[atcourse run] start  {job.name} {job.params or ''} -> {out}", flush=True)
+                result = run_job(
+                    str(job.notebook), str(out), job.params, job.env, progress, verbose
+                )
             finish(job, folder, code, result)
     else:
         # Threads that each wait on a papermill process: the environment (threads, runs
         # folder) goes to that process alone, and nothing here imports torch again.
         with futures.ThreadPoolExecutor(max_workers=jobs) as pool:
             running = {
-                pool.submit(_execute_in_process, job, folder, out): (job, folder, code)
+                pool.submit(execute_in_process, job, folder, out): (job, folder, code)
                 for job, folder, out, code in todo
             }
             try:

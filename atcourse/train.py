@@ -11,7 +11,10 @@ loss term and diagnostic by name. What it does own:
   accuracy, validation and test accuracy, images/s, wall time;
 - a stop with a clear message when a loss term becomes NaN or inf;
 - an atomic checkpoint after every epoch and resume from it, a run record under ``runs/``
-  (:mod:`atcourse.records`), and a lock so that one process at a time trains a run.
+  (:mod:`atcourse.records`), and a lock so that one process at a time trains a run;
+- under torchrun, one run over all its processes (:mod:`atcourse.distributed`): the method
+  in DistributedDataParallel, each rank on its share of every batch, loss terms, accuracy
+  and evaluation combined over the ranks, files written by rank 0 alone.
 
 Loss values stay on the device during an epoch and are read once at its end, so the
 hot path has no host synchronisation on CUDA.
@@ -20,6 +23,7 @@ hot path has no host synchronisation on CUDA.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -33,8 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import paths, records
-from .config import RECIPE_KEYS, Config
+from . import checkpoints, distributed, paths, records
+from .checkpoints import CHECKPOINT, RunExistsError
+from .config import Config
 from .data import DeviceLoader, ImageDataset
 from .distill.base import Distiller, DistillOutput
 from .distill.teacher_cache import TeacherCache
@@ -47,9 +52,6 @@ __all__ = [
     "RunExistsError", "CHECKPOINT", "EpochSums", "check_finite", "TEACHER_CACHE",
 ]  # fmt: skip
 
-#: The file name of a run's checkpoint, in its run folder.
-CHECKPOINT = "checkpoint.pt"
-
 #: The teacher outputs of the runs this process trained, for the next student of the same
 #: setting (:mod:`atcourse.distill.teacher_cache`); its budget is the run's
 #: ``teacher_cache_mb``.
@@ -60,10 +62,6 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or inf; the message says which, and when."""
-
-
-class RunExistsError(ValueError):
-    """A run folder holds another run, or a finished run that was not asked for."""
 
 
 @dataclass
@@ -161,9 +159,15 @@ class EpochSums:
             self.correct += (out.logits.detach().argmax(1) == labels).sum()
         self.weights = {k: float(out.weights.get(k, 1.0)) for k in out.loss_terms}
 
+    def all_reduce(self) -> None:
+        """Over processes: terms averaged (sums of means of equal shares), correct summed."""
+        self.losses = distributed.all_reduce(self.losses, op="mean")
+        self.diagnostics = distributed.all_reduce(self.diagnostics, op="mean")
+        self.correct = distributed.all_reduce({"correct": self.correct})["correct"]
+
 
 def train_step(
-    method: Distiller,
+    method: Distiller | nn.Module,
     optimizer: torch.optim.Optimizer,
     precision: Precision,
     images: torch.Tensor,
@@ -174,7 +178,9 @@ def train_step(
     """One optimisation step: the body of :func:`fit`'s loop (the benchmark times this).
 
     Sets the learning rate, runs the method's forward under the precision policy,
-    back-propagates ``out.total`` and steps. With ``sums``, loss terms, diagnostics and
+    back-propagates ``out.total`` and steps. ``method`` may be a distiller wrapped in
+    DistributedDataParallel (:func:`atcourse.distributed.wrap`), whose backward averages the
+    gradients over the processes. With ``sums``, loss terms, diagnostics and
     correct predictions are added to it on the device, so nothing waits for the host.
     """
     for group in optimizer.param_groups:
@@ -191,8 +197,12 @@ def train_step(
 
 
 def check_finite(sums: EpochSums, epoch: int, step: int, steps: int) -> None:
-    """Stop the run (:class:`NonFiniteLossError`) when a summed loss term is NaN or inf."""
-    bad = [k for k, v in sums.losses.items() if not torch.isfinite(v).all()]
+    """Stop the run (:class:`NonFiniteLossError`) when a summed loss term is NaN or inf.
+
+    Over several processes the sums are added up first, so every rank stops together.
+    """
+    losses = distributed.all_reduce(sums.losses)
+    bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
     if bad:
         raise NonFiniteLossError(
             f"loss term(s) {', '.join(bad)} became NaN/inf in epoch {epoch + 1}, by step "
@@ -202,102 +212,6 @@ def check_finite(sums: EpochSums, epoch: int, step: int, steps: int) -> None:
 
 
 # ----------------------------------------------------------------------------- run identity
-
-
-def _setting(method: Distiller, cfg: Config, precision: Precision, task: str) -> dict[str, Any]:
-    """What a run's weights depend on: a checkpoint resumes only under the same setting."""
-    setting = {k: cfg.get(k) for k in (*RECIPE_KEYS, "seed")}
-    setting["task"] = task
-    if setting["optimizer"] == "sgd":
-        setting["optimizer"] = None  # the default, however it was written
-    teacher = getattr(method, "teacher", None)
-    setting.update(
-        method=method.name,
-        hparams=json.loads(json.dumps(method.hparams(), default=str)),
-        student=records.arch_name(method.student),
-        teacher=records.arch_name(teacher),
-        precision=precision.name,
-    )
-    return json.loads(json.dumps(setting, default=list))  # tuples as lists, as stored
-
-
-def _differences(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    return {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
-
-
-def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    """A checkpoint, checked against the digest stored beside it; ValueError names the file."""
-    try:
-        paths.verify_digest(path)
-        return torch.load(path, map_location=device, weights_only=False)
-    except (paths.CorruptFileError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise paths.CorruptFileError(f"checkpoint {path} cannot be read ({exc})") from exc
-
-
-def _save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Keep the previous epoch's checkpoint, then write this one atomically with its digest."""
-    if path.exists():
-        path.replace(path.with_suffix(".prev.pt"))
-        digest = paths.digest_path(path)
-        if digest.exists():
-            digest.replace(paths.digest_path(path.with_suffix(".prev.pt")))
-    paths.atomic_write(path, lambda fh: torch.save(state, fh), digest=True)
-
-
-def _existing(
-    folder: Path, setting: dict[str, Any], device: torch.device, resume: bool | str, replace: bool
-) -> dict[str, Any] | None:
-    """The checkpoint to continue from (or to return, when finished), or None for a new run.
-
-    Raises RunExistsError for a run of another setting (or any run, with ``resume=False``)
-    unless ``replace``; a checkpoint that cannot be read is reported with the way to recover.
-    """
-    path = folder / CHECKPOINT
-    record = records.read_record(folder)
-    if replace or (not path.exists() and record is None):
-        return None
-    state = None
-    if path.exists():
-        try:
-            state = _load_checkpoint(path, device)
-        except paths.CorruptFileError as exc:
-            prev = path.with_suffix(".prev.pt")
-            fallback = None
-            if prev.exists():
-                with contextlib.suppress(paths.CorruptFileError):
-                    fallback = _load_checkpoint(prev, device)
-            if fallback is not None and resume:
-                warnings.warn(f"{exc}; resuming from the epoch before ({prev})", stacklevel=3)
-                state = fallback
-            elif resume == "auto":
-                warnings.warn(f"{exc}; starting this run afresh", stacklevel=3)
-                return None
-            else:
-                raise RunExistsError(
-                    f"{exc}. Train it again with replace=True (atcourse train --replace), or "
-                    f"delete {folder}"
-                ) from exc
-    saved = state["train_params"] if state is not None else (record or {}).get("setting") or {}
-    differ = _differences(saved, setting)
-    if differ:
-        raise RunExistsError(
-            f"cannot resume {folder}: its run was trained with different parameters {differ} "
-            "(saved, now); resume (--resume) continues only a run of the same setting. Use "
-            "replace=True (atcourse train --replace) to train over it, or another name "
-            "(--name) or run_dir to keep both."
-        )
-    if not resume:
-        done = "a finished" if record is not None and record.get("complete") else "an unfinished"
-        raise RunExistsError(
-            f"{folder} already holds {done} run of this setting: pass resume=True "
-            "(atcourse train --resume) to continue or return it, or replace=True "
-            "(atcourse train --replace) to train it again."
-        )
-    if state is None:
-        warnings.warn(
-            f"{folder} has a record but no checkpoint: training the run again", stacklevel=3
-        )
-    return state
 
 
 def _digest(tensors: Sequence[torch.Tensor]) -> str:
@@ -333,21 +247,6 @@ def _run_lock(folder: Path, name: str, enabled: bool) -> Iterator[None]:
         yield
 
 
-def _finished(folder: Path, setting: dict[str, Any], resume: bool | str) -> bool:
-    """A finished run of the same setting, which can be returned without taking the lock."""
-    record = records.read_record(folder, warn=False)
-    return bool(
-        resume
-        and record is not None
-        and record.get("complete")
-        and (folder / CHECKPOINT).exists()
-        and not _differences(record.get("setting") or {}, setting)
-    )
-
-
-# ----------------------------------------------------------------------------- the loop
-
-
 def fit(
     method: Distiller,
     cfg: Config,
@@ -363,6 +262,7 @@ def fit(
     progress: bool = True,
     callbacks: Sequence[EpochCallback] = (),
     record: bool = True,
+    sync_bn: bool = False,
 ) -> TrainResult:
     """Train ``method`` (its student and any parameters of its own) under ``cfg``.
 
@@ -392,6 +292,13 @@ def fit(
         record: write a checkpoint and a run record into the run folder, holding the
             folder's lock (``.lock``) while training: a second process asking for the same
             run waits, then returns (or continues) the first's.
+        sync_bn: under torchrun, batch-norm statistics of the global batch (SyncBatchNorm,
+            CUDA only) rather than of each rank's share (:func:`atcourse.distributed.wrap`).
+
+    Under torchrun every process calls ``fit`` alike: ``batch_size`` stays the global batch,
+    each rank trains on ``batch_size / world_size`` images of it in DistributedDataParallel,
+    evaluation is sharded and combined, rank 0 alone locks and writes (the record states
+    the world size), and every rank returns the same history.
 
     Returns:
         :class:`TrainResult` with the per-epoch history and the final metrics.
@@ -406,16 +313,28 @@ def fit(
         label, records.arch_name(method.student), train_set.name, cfg["profile"], cfg["seed"]
     )
     folder = Path(run_dir) if run_dir is not None else records.run_dir(name)
+    distributed.init()  # joins torchrun's process group; nothing for a single process
     precision = precision_for(cfg["device"], cfg.get("precision") or "auto")
-    setting = _setting(method, cfg, precision, train_set.name)
-    if record and not replace and _finished(folder, setting, resume):
+    setting = checkpoints.setting(method, cfg, precision, train_set.name)
+    # Over several processes rank 0 reads the run folder and shares what it found (on the
+    # CPU: each rank moves it to its own device), so every rank takes the same decision.
+    load_to = precision.device if distributed.world_size() == 1 else torch.device("cpu")
+    if (
+        record
+        and not replace
+        and distributed.from_main(lambda: checkpoints.finished(folder, setting, resume))
+    ):
         # returned without the lock, so a read-only runs folder serves its finished runs
         with contextlib.suppress(paths.CorruptFileError):  # handled below, under the lock
-            state = _load_checkpoint(folder / CHECKPOINT, precision.device)
+            state = distributed.from_main(lambda: checkpoints.load(folder / CHECKPOINT, load_to))
             return _returned(method, precision, state, name, folder)
-    with _run_lock(folder, name, record):
-        state = _existing(folder, setting, precision.device, resume, replace) if record else None
-        run = _Run(method, cfg, precision, train_set, {"val": val_set, "test": test_set})
+    with _run_lock(folder, name, record and distributed.is_main()):
+        existing = functools.partial(
+            checkpoints.existing, folder, setting, load_to, resume, replace
+        )
+        state = distributed.from_main(existing) if record else None
+        run = _Run(method, cfg, precision, train_set, {"val": val_set, "test": test_set},
+                   sync_bn=sync_bn)  # fmt: skip
         if state is not None:
             run.restore(state)
             if state["epoch"] + 1 >= cfg["epochs"]:
@@ -423,6 +342,7 @@ def fit(
         meta = records.run_meta(
             name, method, cfg, label=label, task=train_set.name, device=precision.device,
             precision=precision.name, precision_reason=precision.reason, setting=setting,
+            **distributed.describe(cfg["batch_size"], sync_bn),
         )  # fmt: skip
         run.train(name, progress, callbacks, folder if record else None, meta)
     return TrainResult(name, run.history, records.final_metrics(run.history),
@@ -449,15 +369,21 @@ class _Run:
         precision: Precision,
         train_set: ImageDataset,
         eval_sets: dict[str, ImageDataset | None],
+        sync_bn: bool = False,
     ):
         self.cfg, self.precision = cfg, precision
         device = precision.device
         seed_everything(cfg["seed"])
         self.method = precision.prepare(method)
+        # what runs the training steps: the method itself, or under torchrun the method in
+        # DistributedDataParallel (its trainable parts; the frozen teacher stays out)
+        self.model = distributed.wrap(self.method, device, sync_bn=sync_bn)
+        self.world = distributed.world_size()
+        shard = {"rank": distributed.rank(), "world_size": self.world}
         self.optimizer = make_optimizer(self.method.trainable_parameters(), cfg)
         self.loader = DeviceLoader(
             train_set, cfg["batch_size"], train=True, device=device, seed=cfg["seed"],
-            channels_last=precision.channels_last,
+            channels_last=precision.channels_last, **shard,
         )  # fmt: skip
         if len(self.loader) == 0:
             raise ValueError(
@@ -466,7 +392,7 @@ class _Run:
             )
         self.eval_loaders = {
             split: DeviceLoader(data, max(cfg["batch_size"], 256), train=False, device=device,
-                                channels_last=precision.channels_last)
+                                channels_last=precision.channels_last, **shard)
             for split, data in eval_sets.items() if data is not None
         }  # fmt: skip
         self.history: list[dict[str, float]] = []
@@ -492,6 +418,9 @@ class _Run:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         self.history = state["history"]
         self.start_epoch = state["epoch"] + 1
+        if state.get("world_size", 1) != self.world:  # same batches, other BN statistics
+            warnings.warn(f"resuming over {self.world} process(es) a run trained so far over "
+                          f"{state.get('world_size', 1)}", stacklevel=3)  # fmt: skip
 
     def state(self, epoch: int) -> dict[str, Any]:
         device = self.precision.device
@@ -500,6 +429,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(), "history": self.history,
             "train_params": self.meta["setting"], "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "world_size": self.world,
         }  # fmt: skip
 
     def train(
@@ -514,22 +444,25 @@ class _Run:
         self.meta = meta
         epochs, steps = self.cfg["epochs"], len(self.loader)
         bar = progress_bar(total=epochs * steps, initial=self.start_epoch * steps, desc=name,
-                           disable=not progress, unit="step", leave=True,
-                           dynamic_ncols=True)  # fmt: skip
+                           disable=not progress or not distributed.is_main(), unit="step",
+                           leave=True, dynamic_ncols=True)  # fmt: skip
         timer = "cuda events" if self.precision.device.type == "cuda" else "perf_counter"
         self.method.teacher_cache = self.cache
         try:
             for epoch in range(self.start_epoch, epochs):
                 row = self.train_epoch(epoch, bar)
+                # per-rank batch-norm statistics have drifted apart in the last step: every
+                # rank evaluates (and rank 0 saves) rank 0's
+                distributed.broadcast_buffers(self.method, skip=("teacher",))
                 for split, loader in self.eval_loaders.items():
-                    scores = evaluate(self.method.predict, loader, self.precision)
+                    scores = _evaluate(self.method, loader, self.precision)
                     row[f"{split}_acc"], row[f"{split}_loss"] = scores["acc"], scores["loss"]
                 row["wall_time_s"] = time.perf_counter() - row.pop("_wall0")
                 self.history.append(row)
                 terms = {k[len("loss_") :]: v for k, v in row.items() if k.startswith("loss_")}
                 self.method.on_epoch_end(epoch, terms)
-                if folder is not None:
-                    _save_checkpoint(self.state(epoch), folder / CHECKPOINT)
+                if folder is not None and distributed.is_main():
+                    checkpoints.save(self.state(epoch), folder / CHECKPOINT)
                     records.write_record(folder, meta, self.history,
                                          complete=epoch + 1 == epochs, timer=timer)  # fmt: skip
                 bar.set_postfix(_postfix(row), refresh=True)
@@ -562,7 +495,7 @@ class _Run:
             warming = self.compiled and epoch == self.start_epoch and step == 0
             if warming:
                 bar.set_description(f"{bar.desc} (compiling the student: first steps are slow)")
-            train_step(self.method, self.optimizer, self.precision, images, labels, lr, sums)
+            train_step(self.model, self.optimizer, self.precision, images, labels, lr, sums)
             if warming:
                 bar.set_description(bar.desc.split(" (compiling")[0])
             seen += labels.numel()
@@ -577,6 +510,9 @@ class _Run:
             train_time = start.elapsed_time(end) / 1000.0
         else:
             train_time = time.perf_counter() - wall0
+        if self.world > 1:
+            sums.all_reduce()
+            seen *= self.world  # every rank took the same share of every batch
         row: dict[str, float] = {"epoch": epoch + 1, "lr": lr_at(self.cfg, epoch + 1 - 1e-9)}
         row.update({f"loss_{k}": v.item() / steps for k, v in sums.losses.items()})
         row.update({f"weight_{k}": w for k, w in sums.weights.items()})
@@ -588,6 +524,13 @@ class _Run:
         row["train_time_s"] = train_time
         row["_wall0"] = wall0
         return row
+
+
+def _evaluate(method: Distiller, loader: DeviceLoader, precision: Precision) -> dict[str, float]:
+    """:func:`~atcourse.metrics.evaluate` of the loader's share, combined over the ranks."""
+    scores = evaluate(method.predict, loader, precision)
+    means = {"acc": scores["acc"], "loss": scores["loss"]}
+    return distributed.weighted_mean(means, scores["n"], precision.device)
 
 
 def _postfix(row: dict[str, float]) -> dict[str, str]:

@@ -6,11 +6,14 @@ recipe never loads a stale model. Training goes through :func:`atcourse.train.fi
 (with resume, so an interrupted teacher continues where it stopped), and a file lock
 makes two processes asking for the same teacher at once train it only once. A cached
 checkpoint that no longer matches the digest written with it is trained again, with a
-warning.
+warning. Under torchrun rank 0 takes the lock, reads the cache and shares what it found;
+a teacher to train is trained by all the ranks together (one run of :func:`fit`) and
+saved by rank 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import warnings
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import models, paths, records
+from . import distributed, models, paths, records
 from .config import RECIPE_KEYS, Config, configure
 from .data import ImageDataset, load_splits
 from .data.shapes import SHAPES_VERSION, Difficulty
@@ -93,8 +96,11 @@ def _train_or_load(
     recipe = cfg.replace(epochs=epochs, arch=arch)
     path = checkpoint_path(arch, recipe, role=role, classes=classes)
     waiting = f"waiting for {path.name}: another process is training it"
-    with paths.file_lock(path.with_suffix(".lock"), waiting=waiting):
-        saved = _load(path) if path.exists() and not retrain else None
+    lock = paths.file_lock(path.with_suffix(".lock"), waiting=waiting)
+    with lock if distributed.is_main() else contextlib.nullcontext():
+        saved = distributed.from_main(
+            lambda: _load(path) if path.exists() and not retrain else None
+        )
         if saved is not None:
             model = models.build(arch, num_classes=saved["num_classes"])
             model.load_state_dict(saved["state_dict"])
@@ -140,7 +146,8 @@ def _train(
     }
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     payload = {"state_dict": state, "arch": arch, "num_classes": train_set.num_classes, **info}
-    paths.atomic_write(path, lambda fh: torch.save(payload, fh), digest=True)
+    if distributed.is_main():
+        paths.atomic_write(path, lambda fh: torch.save(payload, fh), digest=True)
     return model, info
 
 

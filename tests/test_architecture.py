@@ -16,20 +16,20 @@ ROOT = Path(atcourse.__file__).resolve().parent
 #: The layers, lowest first: a module may import its own layer and the layers below it.
 #: A package stands for all its modules.
 LAYERS: list[set[str]] = [
-    {"paths", "config", "runtime", "progress", "timing"},
+    {"paths", "config", "runtime", "progress", "timing", "distributed"},
     {"data"},
     {"models"},
     {"metrics"},
     {"distill"},
-    {"records"},
+    {"records", "checkpoints"},
     {"train"},
     {"zoo"},
     {"experiments"},
     {"anchors"},
     {"leaderboard"},
     {"viz", "widgets", "exercises", "student"},
-    {"sweep", "bench"},
-    {"cli"},
+    {"execute", "sweep", "bench"},
+    {"cli", "__main__"},
 ]
 LAYER_OF = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

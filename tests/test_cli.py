@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+
 from atcourse import cli
 
 
@@ -189,3 +191,24 @@ def test_results_command_prints_exports_and_updates_the_page(tmp_path, capsys):
     assert "85.00 ± 7.07" in page.read_text() and "--seeds 0,1" in page.read_text()
     assert cli.main(["results", "--anchors", "--csv"]) == 0
     assert "Zagoruyko" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_each_job_running_at_once_gets_its_own_gpu(tmp_path, capsys, make_notebook):
+    body = "import os\nprint('gpu', os.environ.get('CUDA_VISIBLE_DEVICES'))"
+    nbs = [make_notebook(tmp_path / f"g{i}.ipynb", "seed = 0\n", body) for i in (1, 2)]
+    out = tmp_path / "out"
+    argv = ["run", *map(str, nbs), "--jobs", "2", "--devices", "3,5", "--output", str(out)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "on GPU(s) 3,5" in text
+    gpus = []
+    for i in (1, 2):
+        job = json.loads((out / f"g{i}" / "job.json").read_text())
+        assert f"gpu {job['gpu']}" in _printed(out / f"g{i}" / f"g{i}.ipynb")  # where it ran
+        assert re.search(rf"ok +g{i} \(\d+ s on GPU {job['gpu']}\)", text)  # and says so
+        gpus.append(job["gpu"])
+    assert sorted(gpus) == ["3", "5"]  # the two ran at once, on two GPUs
+    # one job at a time: the notebook runs in this process's kernel, on the GPU given
+    assert cli.main(["run", str(nbs[0]), "--devices", "7", "--output", str(out / "one")]) == 0
+    assert "gpu 7" in _printed(out / "one" / "g1" / "g1.ipynb")

@@ -74,3 +74,21 @@ def test_sweep_errors_name_the_rule(tmp_path, make_notebook):
         sweep.expand_jobs([nb], ["milestones=0.3,2.0"])
     with pytest.raises(sweep.SweepError, match="given twice"):
         sweep.expand_jobs([nb], ["profile=smoke"], base={"profile": "lab"})
+
+
+def test_gpus_for_the_jobs_are_parsed_found_and_handed_out_in_turn():
+    assert sweep.parse_devices("0, 1,3") == ["0", "1", "3"]
+    assert sweep.parse_devices("none") == []
+    with pytest.raises(sweep.SweepError, match="GPU numbers separated by commas"):
+        sweep.parse_devices("cuda:0")
+    with pytest.raises(sweep.SweepError, match="lists a GPU twice"):
+        sweep.parse_devices("0,0")
+    # the caller's CUDA_VISIBLE_DEVICES holds physical numbers: the jobs get those
+    assert sweep.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert sweep.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert sweep.visible_gpus({}, count=3) == ["0", "1", "2"]
+    assert sweep.device_slots(["0", "1", "2", "3"], 2) == ["0", "1"]  # one GPU per job
+    assert sweep.device_slots(["0", "1"], 3) == ["0", "1", "0"]  # more jobs: in turn
+    assert sweep.device_slots([], 4) == []  # no GPUs: the jobs' environment is left alone
+    with pytest.raises(sweep.SweepError, match="positive"):
+        sweep.device_slots(["0"], 0)

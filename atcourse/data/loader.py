@@ -8,6 +8,11 @@ Randomness comes from a CPU ``torch.Generator`` seeded from ``(seed, epoch)``: t
 shuffling order and the augmentation of an epoch are a pure function of those two
 numbers, whatever the device, so a run resumed at epoch ``e`` sees exactly the batches
 an uninterrupted run would have seen.
+
+Under DistributedDataParallel each process holds the whole set and takes its share of every
+batch (``rank``, ``world_size``): the batch one process would see, cut into ``world_size``
+consecutive parts, so the union of the ranks' batches at step ``k`` is batch ``k``, with the
+same crops and flips.
 """
 
 from __future__ import annotations
@@ -108,6 +113,13 @@ class DeviceLoader:
         train: default for ``augment``, ``shuffle`` and ``drop_last``.
         augment: reflect-pad by ``pad`` + random crop + random horizontal flip (``flip``).
         channels_last: memory layout of the yielded images; default: True on CUDA.
+        rank, world_size: this process's share of every batch, for a run over
+            ``world_size`` processes: images ``rank * b`` to ``(rank + 1) * b`` of the batch
+            one process would see, ``b = batch_size // world_size`` (``batch_size`` is the
+            global batch and must divide evenly when the last batch is dropped). Without
+            ``drop_last`` the last, smaller batch is cut as evenly as it goes; a rank whose
+            share of it is empty skips it (so ``len`` may differ by one between ranks: for
+            evaluation, not for training steps).
     """
 
     def __init__(
@@ -126,9 +138,13 @@ class DeviceLoader:
         channels_last: bool | None = None,
         with_masks: bool = False,
         normalize: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of world_size={world_size} processes")
         if with_masks and dataset.masks is None:
             raise ValueError(f"with_masks=True but data set {dataset.name!r} has no masks")
         self.dataset = dataset
@@ -141,6 +157,14 @@ class DeviceLoader:
         self.flip = flip
         self.shuffle = train if shuffle is None else shuffle
         self.drop_last = train if drop_last is None else drop_last
+        if self.drop_last and batch_size % world_size:
+            # unequal shares would weigh the ranks' gradients unequally in DDP's average
+            raise ValueError(
+                f"batch_size={batch_size} does not split evenly over {world_size} processes: "
+                f"choose a batch size that is a multiple of {world_size} (each process takes "
+                f"batch_size / {world_size} images of every batch)"
+            )
+        self.rank, self.world_size = int(rank), int(world_size)
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         self.with_masks = with_masks
         self.normalize = normalize
@@ -152,8 +176,18 @@ class DeviceLoader:
         self._std = torch.tensor(dataset.std, device=self.device).view(1, 3, 1, 1)
 
     def __len__(self) -> int:
+        return sum(1 for _ in self._shares())
+
+    def _shares(self) -> Iterator[tuple[int, int]]:
+        """``(start, end)`` in the epoch's order of each batch, this rank's share of it."""
         n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
+            size = min(self.batch_size, stop - start)
+            lo = start + size * self.rank // self.world_size
+            hi = start + size * (self.rank + 1) // self.world_size
+            if hi > lo:
+                yield lo, hi
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and augmentation the next iteration uses."""
@@ -179,10 +213,7 @@ class DeviceLoader:
         plan = self.plan()
         order = plan.order.to(self.device)
         dy, dx, flips = (t.to(self.device) for t in (plan.dy, plan.dx, plan.flip))
-        n = len(self.dataset)
-        stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
-        for start in range(0, stop, self.batch_size):
-            end = min(start + self.batch_size, stop)
+        for start, end in self._shares():
             idx = order[start:end]
             x = self.images[idx]
             m = self.masks[idx] if self.masks is not None else None
