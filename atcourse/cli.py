@@ -182,6 +182,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    given: dict[str, Any] = {}
+    for text in args.param:
+        try:
+            key, value = parse_assignment(text)
+        except SweepError as exc:
+            raise CLIError(str(exc)) from exc
+        given[key] = value
+    classes = None
+    if args.classes:
+        try:
+            classes = [int(c) for c in args.classes.split(",")]
+        except ValueError:
+            raise CLIError(
+                f"--classes expects class indices like 0,1,2, got {args.classes!r}"
+            ) from None
+    try:
+        cfg = configure(args.profile, verbose=False, teacher_arch=args.arch, **given)
+        models.check_name(args.arch, what="--arch")
+    except (ConfigError, ValueError) as exc:
+        raise CLIError(str(exc)) from exc
+    model = zoo.teacher(args.arch, cfg=cfg, classes=classes, retrain=args.retrain)
+    info = model.zoo_info
+    where = "shipped" if info.get("shipped") else ("loaded" if info["cached"] else "trained")
+    print(f"{where}: {Path(info['path']).name}, test accuracy {info['final']['test_acc']:.2%}")
+    if args.ship:
+        command = (
+            " ".join(["atcourse teacher", *sys.argv[2:]])
+            if sys.argv[1:2] == ["teacher"]
+            else f"atcourse teacher --arch {args.arch} --profile {args.profile}"
+        )
+        print(f"shipped as {zoo.ship(model, command)}")
+    return 0
+
+
 def _writable_dir(what: str, root: Path, variable: str) -> str | None:
     """None when ``root`` is (or can be made) a writable folder, else the problem."""
     if root.exists() and not root.is_dir():
@@ -346,6 +381,23 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="measure training speed per model and method")
     bench.add_arguments(be)
     be.set_defaults(func=bench.run_from_args)
+
+    te = sub.add_parser(
+        "teacher",
+        help="load or train the zoo's teacher for a setting; --ship adds it to the package",
+    )
+    te.add_argument("--arch", default="wrn_16_2", help="teacher architecture (default wrn_16_2)")
+    te.add_argument("--profile", default="lab", choices=sorted(PROFILES))
+    te.add_argument("--classes", default=None, help="train on these classes only, e.g. 0,1,2,3,4")
+    te.add_argument("--retrain", action="store_true", help="train it again, ignoring any copy")
+    te.add_argument(
+        "--ship", action="store_true", help="copy it into atcourse/teachers/ with its recipe"
+    )
+    te.add_argument(
+        "-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+        help="set a parameter of the teacher's recipe, e.g. -p teacher_epochs=30 (repeatable)",
+    )  # fmt: skip
+    te.set_defaults(func=_cmd_teacher)
 
     doc = sub.add_parser("doctor", help="report versions, device and data; check the setup")
     doc.add_argument("--device", default="auto")

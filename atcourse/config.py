@@ -170,6 +170,13 @@ PARAMS: dict[str, Param] = {
     # --- optimisation
     "epochs": Param(int, "student training epochs", min=1),
     "teacher_epochs": Param(int, "teacher training epochs (zoo)", min=1),
+    "teacher_seed": Param(
+        int, "the teacher's seed: one fixed teacher serves every student seed", min=0, default=0
+    ),
+    "teacher_profile": Param(
+        str, "the profile whose recipe trains the teacher (smoke borrows lab's shipped one)",
+        choices=("smoke", "lab", "full"),
+    ),
     "batch_size": Param(int, "images per step", min=1),
     "lr": Param(float, "peak learning rate (SGD with momentum, or AdamW)", min=0.0),
     "optimizer": Param(
@@ -291,7 +298,7 @@ def parameters() -> dict[str, Param]:
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="shapes", device="auto", precision="auto", seed=0,
-        compile=False, teacher_cache_mb=1024,
+        compile=False, teacher_cache_mb=1024, teacher_seed=0, teacher_profile="lab",
         train_size=512, val_size=128, test_size=256, epochs=1, teacher_epochs=2,
         batch_size=64,
         lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
@@ -300,7 +307,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Sized for a 2-core CPU: 12 epochs x 5,000 images is ~940 steps of 64 for a student.
     "lab": dict(
         dataset="shapes", device="auto", precision="auto", seed=0,
-        compile=False, teacher_cache_mb=1024,
+        compile=False, teacher_cache_mb=1024, teacher_seed=0, teacher_profile="lab",
         train_size=5000, val_size=1000, test_size=2000, epochs=12, teacher_epochs=15,
         batch_size=64,
         lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
@@ -309,7 +316,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The attention-transfer paper's CIFAR recipe (REFERENCE.md section 2).
     "full": dict(
         dataset="cifar10", device="auto", precision="auto", seed=0,
-        compile=False, teacher_cache_mb=1024,
+        compile=False, teacher_cache_mb=1024, teacher_seed=0, teacher_profile="full",
         train_size=None, val_size=5000, test_size=None, epochs=200, teacher_epochs=200,
         batch_size=128,
         lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="step",

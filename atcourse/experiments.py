@@ -101,10 +101,9 @@ class EntryRun:
 
 def _zoo_checkpoint(entry: Entry, cfg: Any) -> Path:
     """Where the zoo keeps a zoo entry's model (its run folder has the same name)."""
-    role = "teacher" if entry.source == "zoo.teacher" else "baseline"
-    epochs = cfg["teacher_epochs"] if role == "teacher" else cfg["epochs"]
-    recipe = cfg.replace(epochs=epochs, arch=entry.student)
-    return zoo.checkpoint_path(entry.student, recipe, role=role)
+    if entry.source == "zoo.teacher":
+        return zoo.teacher_path(entry.student, cfg)
+    return zoo.baseline_path(entry.student, cfg)
 
 
 def _restore_zoo_record(folder: Path, entry: Entry, model: torch.nn.Module, task: str) -> dict:
@@ -181,9 +180,13 @@ def train_entry(
         )
         folder = records.run_dir(name)
 
-    # a zoo model cached by another runs folder has no record here: loading it trains nothing
+    # a zoo model shipped, or cached by another runs folder, has no record here: loading it
+    # trains nothing
+    saved = _zoo_checkpoint(entry, cfg) if zoo_entry else None
     cached = (
-        zoo_entry and records.read_record(folder) is None and _zoo_checkpoint(entry, cfg).exists()
+        saved is not None
+        and records.read_record(folder) is None
+        and (saved.exists() or (zoo.SHIPPED / saved.name).exists())
     )
     if not train and not cached:
         record = records.read_record(folder)

@@ -26,17 +26,53 @@ import torch
 from torch import nn
 
 from . import distributed, models, paths, records
-from .config import RECIPE_KEYS, Config, configure
+from .config import RECIPE_KEYS, Config, configure, profile_defaults
 from .data import ImageDataset, load_splits
 from .data.shapes import SHAPES_VERSION, Difficulty
 from .distill.base import Baseline, freeze
 from .runtime import precision_for
 from .train import fit
 
-__all__ = ["teacher", "baseline", "checkpoint_path", "ZOO_VERSION"]
+__all__ = [
+    "teacher", "baseline", "checkpoint_path", "teacher_recipe", "teacher_path", "baseline_path",
+    "ZOO_VERSION", "SHIPPED", "ship",
+]  # fmt: skip
 
 #: Bump when a change to the models or the loop makes old checkpoints wrong.
-ZOO_VERSION = 1
+ZOO_VERSION = 2
+
+#: The teachers that ship with the course, trained once by its own code, each with its
+#: recipe and its history in a JSON file beside it.
+SHIPPED = Path(__file__).resolve().parent / "teachers"
+
+#: What a teacher's recipe takes from its profile when it is not the student's.
+_PROFILE_KEYS = (*RECIPE_KEYS, "val_size", "test_size", "teacher_epochs")
+
+
+def teacher_recipe(arch: str, cfg: Config) -> Config:
+    """The recipe a teacher for ``cfg`` is trained with: its profile's (``teacher_profile``)
+    where the student's profile filled a value in (values set by hand are kept), its own seed
+    (``teacher_seed``), ``teacher_epochs`` epochs; the student's data set."""
+    profile = cfg.get("teacher_profile") or cfg["profile"]
+    recipe = cfg
+    if profile != cfg["profile"]:  # what the student's profile filled in, the teacher's fills
+        base = profile_defaults(profile)
+        keep = {k: base[k] for k in _PROFILE_KEYS
+                if k in base and k != "dataset" and cfg.source(k) == "profile"}  # fmt: skip
+        recipe = cfg.replace(profile=profile, **keep)
+    seed = cfg.get("teacher_seed")
+    return recipe.replace(epochs=recipe["teacher_epochs"], arch=arch, seed=seed or 0)
+
+
+def teacher_path(arch: str, cfg: Config, classes: Sequence[int] | None = None) -> Path:
+    """Where the zoo keeps (or will keep) the teacher ``arch`` for ``cfg``."""
+    return checkpoint_path(arch, teacher_recipe(arch, cfg), role="teacher", classes=classes)
+
+
+def baseline_path(arch: str, cfg: Config, classes: Sequence[int] | None = None) -> Path:
+    """Where the zoo keeps the student ``arch`` trained alone for ``cfg`` (its own seed)."""
+    recipe = cfg.replace(epochs=cfg["epochs"], arch=arch)
+    return checkpoint_path(arch, recipe, role="baseline", classes=classes)
 
 
 def checkpoint_path(
@@ -83,32 +119,33 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 
 def _train_or_load(
-    arch: str,
+    recipe: Config,
     cfg: Config,
     *,
     role: str,
-    epochs: int,
     data: tuple[ImageDataset, ...] | None,
     progress: bool,
     retrain: bool,
     classes: Sequence[int] | None = None,
 ) -> nn.Module:
-    recipe = cfg.replace(epochs=epochs, arch=arch)
+    arch = recipe["arch"]
     path = checkpoint_path(arch, recipe, role=role, classes=classes)
-    waiting = f"waiting for {path.name}: another process is training it"
-    lock = paths.file_lock(path.with_suffix(".lock"), waiting=waiting)
-    with lock if distributed.is_main() else contextlib.nullcontext():
-        saved = distributed.from_main(
-            lambda: _load(path) if path.exists() and not retrain else None
-        )
-        if saved is not None:
-            model = models.build(arch, num_classes=saved["num_classes"])
-            model.load_state_dict(saved["state_dict"])
-            info = {k: saved[k] for k in ("history", "final", "recipe", "path") if k in saved}
-            info["cached"] = True
-        else:
-            model, info = _train(arch, recipe, role, path, data, progress, retrain, classes)
-            info["cached"] = False
+    shipped = SHIPPED / path.name
+    saved = _load(shipped) if shipped.exists() and not retrain else None  # no lock to read
+    if saved is None:
+        waiting = f"waiting for {path.name}: another process is training it"
+        lock = paths.file_lock(path.with_suffix(".lock"), waiting=waiting)
+        with lock if distributed.is_main() else contextlib.nullcontext():
+            saved = distributed.from_main(
+                lambda: _load(path) if path.exists() and not retrain else None
+            )
+            if saved is None:
+                saved = _train(arch, recipe, role, path, data, progress, retrain, classes)
+    model = models.build(arch, num_classes=saved["num_classes"])
+    model.load_state_dict(saved["state_dict"])
+    info = {k: saved[k] for k in ("history", "final", "recipe", "path") if k in saved}
+    info["cached"] = not saved.get("trained_now", False)
+    info["shipped"] = saved is not None and shipped.exists() and not retrain
     model = precision_for(cfg["device"], cfg.get("precision") or "auto").prepare(model)
     info["classes"] = None if classes is None else [int(c) for c in classes]
     model.zoo_info = info  # history and metrics, for plots and tables
@@ -124,8 +161,8 @@ def _train(
     progress: bool,
     retrain: bool,
     classes: Sequence[int] | None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Train the model through the loop and save it; (model, info)."""
+) -> dict[str, Any]:
+    """Train the model through the loop and save it; what was saved, marked trained now."""
     train_set, *_, test_set = data if data is not None else load_splits(recipe)
     if classes is not None:
         train_set = train_set.select_classes(classes)
@@ -137,18 +174,15 @@ def _train(
         run_dir=paths.runs_root() / "zoo" / path.stem, resume="auto", replace=retrain,
         progress=progress,
     )  # fmt: skip
-    model = result.method.student
-    info = {
-        "history": result.history,
-        "final": result.final,
-        "recipe": recipe.to_dict(),
+    state = {k: v.cpu() for k, v in result.method.student.state_dict().items()}
+    payload = {
+        "state_dict": state, "arch": arch, "num_classes": train_set.num_classes,
+        "history": result.history, "final": result.final, "recipe": recipe.to_dict(),
         "path": str(path),
-    }
-    state = {k: v.cpu() for k, v in model.state_dict().items()}
-    payload = {"state_dict": state, "arch": arch, "num_classes": train_set.num_classes, **info}
+    }  # fmt: skip
     if distributed.is_main():
         paths.atomic_write(path, lambda fh: torch.save(payload, fh), digest=True)
-    return model, info
+    return {**payload, "trained_now": True}
 
 
 def teacher(
@@ -163,14 +197,14 @@ def teacher(
     progress: bool = True,
     retrain: bool = False,
 ) -> nn.Module:
-    """A trained teacher: loaded from ``data/checkpoints`` or trained once and saved.
+    """A trained teacher: the shipped one, the cached one, or trained once and saved.
 
     Args:
         arch: a name from :func:`atcourse.models.available`.
-        dataset, profile, seed: the setting (defaults: the profile's data set, ``lab``, 0);
-            ignored where ``cfg`` is given.
-        cfg: a resolved configuration; the teacher trains for ``cfg.teacher_epochs``
-            with the rest of ``cfg``'s recipe.
+        dataset, profile, seed: the setting (defaults: the profile's data set, ``lab``, and
+            teacher seed 0); ignored where ``cfg`` is given.
+        cfg: a resolved configuration; the teacher trains with :func:`teacher_recipe`
+            (its profile's recipe for ``teacher_epochs`` epochs, seed ``teacher_seed``).
         data: the splits already loaded (``load_splits``' train, val, test), to avoid
             loading them twice (whole sets: ``classes`` is applied here).
         classes: train on these classes of the data set only, relabelled ``0..k-1`` in this
@@ -183,11 +217,12 @@ def teacher(
         The teacher in eval mode with frozen parameters, with ``model.zoo_info`` holding
         its training history and final metrics.
     """
-    cfg = _resolve(cfg, dataset, profile, seed)
-    return _train_or_load(
-        arch, cfg, role="teacher", epochs=cfg["teacher_epochs"], data=data, progress=progress,
-        retrain=retrain, classes=classes,
-    )  # fmt: skip
+    cfg = _resolve(cfg, dataset, profile, None, teacher_seed=seed)
+    recipe = teacher_recipe(arch, cfg)
+    if recipe["profile"] != cfg["profile"]:
+        data = None  # the splits given are the student's profile's, not the teacher's
+    return _train_or_load(recipe, cfg, role="teacher", data=data, progress=progress,
+                          retrain=retrain, classes=classes)  # fmt: skip
 
 
 def baseline(
@@ -208,16 +243,33 @@ def baseline(
     point for fine-tuning. ``classes`` as in :func:`teacher`.
     """
     cfg = _resolve(cfg, dataset, profile, seed)
-    return _train_or_load(
-        arch, cfg, role="baseline", epochs=cfg["epochs"], data=data, progress=progress,
-        retrain=retrain, classes=classes,
-    )  # fmt: skip
+    recipe = cfg.replace(epochs=cfg["epochs"], arch=arch)
+    return _train_or_load(recipe, cfg, role="baseline", data=data, progress=progress,
+                          retrain=retrain, classes=classes)  # fmt: skip
+
+
+def ship(model: nn.Module, command: str) -> Path:
+    """Copy a zoo teacher's checkpoint (and its digest) into :data:`SHIPPED`, with a JSON file
+    beside it: its recipe, history, final metrics and the ``command`` that trained it."""
+    info = model.zoo_info
+    source = Path(info["path"])
+    SHIPPED.mkdir(exist_ok=True)
+    target = SHIPPED / source.name
+    paths.atomic_write(target, source.read_bytes(), digest=True)
+    sidecar = {
+        "file": target.name, "command": command, "recipe": info["recipe"],
+        "classes": info["classes"], "final": info["final"], "history": info["history"],
+    }  # fmt: skip
+    paths.atomic_write(target.with_suffix(".json"), json.dumps(sidecar, indent=1))
+    return target
 
 
 def _resolve(
-    cfg: Config | None, dataset: str | None, profile: str | None, seed: int | None
-) -> Config:
+    cfg: Config | None, dataset: str | None, profile: str | None, seed: int | None,
+    teacher_seed: int | None = None,
+) -> Config:  # fmt: skip
     if cfg is not None:
         return cfg
-    given: dict[str, Any] = {"dataset": dataset, "seed": seed if seed is not None else 0}
+    given: dict[str, Any] = {"dataset": dataset, "seed": seed if seed is not None else 0,
+                             "teacher_seed": teacher_seed}  # fmt: skip
     return configure(profile or "lab", verbose=False, **given)

@@ -23,7 +23,8 @@ from atcourse.runtime import resolve_device
 from atcourse.train import CHECKPOINT, NonFiniteLossError, RunExistsError, fit
 
 TINY = ["--profile", "smoke", "--device", "cpu", "-p", "train_size=64", "-p", "test_size=32",
-        "-p", "val_size=16", "-p", "batch_size=32", "-p", "teacher_epochs=1"]  # fmt: skip
+        "-p", "val_size=16", "-p", "batch_size=32", "-p", "teacher_epochs=1",
+        "-p", "teacher_profile=smoke"]  # fmt: skip
 
 
 def _snapshot(*roots: Path) -> dict[str, str]:
@@ -162,7 +163,7 @@ def test_resume_auto_starts_afresh_when_the_checkpoint_is_unreadable(tmp_path):
 
 
 def test_a_corrupt_zoo_teacher_is_trained_again_with_a_warning(roots):
-    cfg = _cfg(teacher_epochs=1)
+    cfg = _cfg(teacher_epochs=1, teacher_profile="smoke")
     zoo.teacher("wrn_10_1", cfg=cfg, progress=False)
     path = zoo.checkpoint_path("wrn_10_1", cfg.replace(epochs=1, arch="wrn_10_1"))
     path.write_bytes(path.read_bytes()[:200])

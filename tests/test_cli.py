@@ -72,7 +72,7 @@ _TEACHER_BODY = """
 import os
 from atcourse import config, zoo
 cfg = config.configure("smoke", verbose=False, device="cpu", train_size=64, test_size=32,
-                       batch_size=32, teacher_epochs=1, seed=0)
+                       batch_size=32, teacher_epochs=1, teacher_profile="smoke", seed=0)
 t = zoo.teacher("wrn_10_1", cfg=cfg, progress=False)
 print("cached", t.zoo_info["cached"], "threads", os.environ.get("OMP_NUM_THREADS"))
 """
@@ -138,6 +138,8 @@ def test_train_command_trains_a_distilled_student(tmp_path, monkeypatch, capsys)
         "batch_size=32",
         "-p",
         "teacher_epochs=1",
+        "-p",
+        "teacher_profile=smoke",
     ]
     code = cli.main(
         [

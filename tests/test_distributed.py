@@ -221,6 +221,7 @@ _TRAIN = [
     "train", "--method", "aft", "--arch", "wrn_10_1", "--teacher", "wrn_10_1",
     "--profile", "smoke", "--device", "cpu", "-p", "train_size=64", "-p", "val_size=32",
     "-p", "test_size=40", "-p", "batch_size=32", "-p", "epochs=2", "-p", "teacher_epochs=1",
+    "-p", "teacher_profile=smoke",
 ]  # fmt: skip
 
 

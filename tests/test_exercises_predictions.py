@@ -181,7 +181,7 @@ def _code_cells(path: Path) -> list[str]:
 
 
 #: Calls that train or load a trained network: what a prediction must come before.
-EXPERIMENTS = ("atcourse.fit(", "zoo.teacher(", "results.train_entry(")
+EXPERIMENTS = ("atcourse.fit(", "zoo.teacher(", "experiments.train_entry(")
 
 
 @pytest.mark.parametrize("number", [f"{n:02d}" for n in range(8)])

@@ -44,6 +44,7 @@ def test_train_entry_trains_once_then_reuses(capsys):
     cfg = config.configure(
         "smoke", verbose=False, device="cpu", train_size=64, test_size=32, batch_size=32,
         teacher_epochs=1,
+        teacher_profile="smoke",
     )  # fmt: skip
     entry = experiments.Entry("kd", "kd", {"alpha": 0.9, "T": 4.0}, teacher="wrn_10_1",
                           student="wrn_10_1")  # fmt: skip

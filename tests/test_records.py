@@ -103,7 +103,7 @@ def test_a_record_stores_its_label_and_task_and_a_broken_one_is_reported(tmp_pat
     result = fit(method, cfg, train_set, test_set, progress=False)
     saved = records.read_record(result.run_dir)
     assert saved["label"] == "gradient_at_flip" and saved["task"] == "shapes[0,1]"
-    assert result.run_dir.name == "gradient_at_flip-wrn_10_1-shapes-smoke-s0"
+    assert result.run_dir.name == "gradient_at_flip-wrn_10_1-shapes[0,1]-smoke-s0"
     (result.run_dir / "record.json").write_text(json.dumps(saved)[:40])  # truncated
     with pytest.warns(UserWarning, match="record.json cannot be read"):
         assert records.load_records() == []

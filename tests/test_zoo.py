@@ -15,6 +15,7 @@ def _cfg(**over):
         train_size=128,
         test_size=64,
         teacher_epochs=1,
+        teacher_profile="smoke",
         batch_size=64,
         **over,
     )
