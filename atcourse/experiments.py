@@ -4,7 +4,7 @@
 hyperparameters, the teacher and the student. :func:`train_entry` loads or trains one
 entry's run for a configuration (through :func:`atcourse.train.fit` under
 :func:`atcourse.records.run_name`, or the zoo for the teacher and the student alone), so
-the run a teaching notebook trained is the one the leaderboard reads. :func:`measure_alignment`
+the run a teaching notebook trained is the one the leaderboard reads. :func:`measure_attention`
 adds where the trained network looks to its record.
 """
 
@@ -20,14 +20,14 @@ import torch
 from . import models, paths, records, zoo
 from .data import DeviceLoader, load_splits
 from .distill import METHODS, build_method
-from .distill.attention import attention_alignment
-from .metrics import mask_alignment
+from .distill.attention import attention_maps
+from .metrics import map_auc, map_similarity, mask_alignment, pointing_game
 from .models import forward_with_taps
 from .models.vit_maps import cls_attention
 from .runtime import eval_mode
 from .train import fit
 
-__all__ = ["Entry", "ENTRIES", "EntryRun", "train_entry", "measure_alignment"]
+__all__ = ["Entry", "ENTRIES", "EntryRun", "train_entry", "measure_attention"]
 
 
 @dataclass(frozen=True)
@@ -163,8 +163,8 @@ def train_entry(
         train: False: only read what exists, train nothing (a zoo model cached in the
             data folder is loaded); a missing or different run gives None with a note.
         progress: progress bars.
-        alignment: measure the attention alignment of the trained network on the test
-            set's masks (:func:`measure_alignment`) and store it in the record.
+        alignment: measure where the trained network looks on the test set's masks, and how
+            like its teacher's (:func:`measure_attention`), and store it in the record.
 
     Returns:
         An :class:`EntryRun`, or None when ``train=False`` and no matching complete run
@@ -224,47 +224,78 @@ def train_entry(
         model = result.method.student
         record = records.read_record(folder) or {}
         trained = before is None or before.get("updated") != record.get("updated")
-    if alignment and record and "alignment" not in record.get("final", {}):
-        score = measure_alignment(model, test_set)
-        if score is not None:
-            record = records.record_metrics(folder, alignment=score[0], alignment_layer=score[1])
+    if alignment and record and "alignment_auc" not in record.get("final", {}):
+        # maps are compared with the teacher's: the entry's, or the course's for the others
+        arch = entry.teacher or next(e.student for e in ENTRIES if e.source == "zoo.teacher")
+        if arch not in teachers:
+            teachers[arch] = zoo.teacher(arch, cfg=cfg, data=data, progress=progress)
+        scores = measure_attention(model, test_set, teacher=teachers[arch])
+        if scores is not None:
+            record = records.record_metrics(folder, **scores)
     model.eval()
     return EntryRun(entry, name, record, model, trained)
 
 
-@torch.no_grad()
-def measure_alignment(
-    model: torch.nn.Module, dataset: Any, *, batch_size: int = 256
-) -> tuple[float, str] | None:
-    """Mean share of a network's attention that falls on the object, over a data set.
+def _maps(model: torch.nn.Module, images: torch.Tensor, layer: str, vit: bool) -> torch.Tensor:
+    """Where ``model`` looks at ``layer``: [B, h, w] (CLS attention for a ViT, averaged over
+    heads; the activation attention map, p = 2, channel mean, for a CNN)."""
+    if vit:
+        _, taps = forward_with_taps(model, images, [layer])
+        return cls_attention(taps[layer].float()).mean(1)
+    return attention_maps(model, images, [layer], normalize=False)[layer]
 
-    - CNNs: the activation attention map (p = 2, channel mean) of the model's last
-      ``"groups"`` tap point, scored by :func:`atcourse.metrics.mask_alignment`.
-    - ViTs (models that declare ``"attention_probs"``): the last block's attention of the
-      CLS token to the patches, averaged over heads, as a [grid, grid] map.
+
+def _read_point(model: torch.nn.Module) -> tuple[str, bool] | None:
+    points = getattr(model, "tap_points", None) or {}
+    if "attention_probs" in points:
+        return points["attention_probs"][-1], True
+    if "groups" in points:
+        return points["groups"][-1], False
+    return None
+
+
+@torch.no_grad()
+def measure_attention(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    teacher: torch.nn.Module | None = None,
+    batch_size: int = 256,
+) -> dict[str, Any] | None:
+    """Where a network looks over a data set, scored against the objects' masks.
+
+    Maps: for a CNN, the activation attention map (p = 2, channel mean) of its last
+    ``"groups"`` tap point; for a ViT (a model that declares ``"attention_probs"``), its last
+    block's attention of the CLS token to the patches, averaged over heads. Scores, means
+    over the images (:mod:`atcourse.metrics`): ``alignment`` (share of the map's mass on
+    the object), ``alignment_pointing`` (the map's maximum on the object),
+    ``alignment_auc`` (ROC-AUC of the map as a detector of the object) and, with a
+    ``teacher`` whose map is read the same way, ``alignment_teacher_similarity`` (the
+    correlation of the two maps); ``alignment_layer`` names the layer.
 
     Returns:
-        (mean alignment in [0, 1], the layer it was read from), or None when the data set
-        has no masks or the model declares no tap point to read.
+        The scores, or None when the data set has no masks or the model declares no tap
+        point to read.
     """
-    if getattr(dataset, "masks", None) is None:
+    if getattr(dataset, "masks", None) is None or _read_point(model) is None:
         return None
-    points = getattr(model, "tap_points", None) or {}
-    vit = "attention_probs" in points
-    if not vit and "groups" not in points:
-        return None
-    layer = points["attention_probs" if vit else "groups"][-1]
+    layer, vit = _read_point(model)
+    reference = _read_point(teacher) if teacher is not None else None
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    sums = {"alignment": 0.0, "alignment_pointing": 0.0, "alignment_auc": 0.0}
+    if reference is not None:
+        sums["alignment_teacher_similarity"] = 0.0
+    count = 0
     loader = DeviceLoader(dataset, batch_size, train=False, with_masks=True, device=device)
-    with eval_mode(model):
+    with eval_mode(model), eval_mode(teacher):
         for images, _, masks in loader:
-            if vit:
-                _, taps = forward_with_taps(model, images, [layer])
-                maps = cls_attention(taps[layer].float()).mean(1)  # [B, grid, grid]
-                scores = mask_alignment(maps, masks)
-            else:
-                scores = attention_alignment(model, images, masks, [layer])[layer]
-            total += scores.sum().item()
-            count += scores.numel()
-    return total / max(count, 1), layer
+            maps = _maps(model, images, layer, vit)
+            sums["alignment"] += mask_alignment(maps, masks).sum().item()
+            sums["alignment_pointing"] += pointing_game(maps, masks).sum().item()
+            sums["alignment_auc"] += map_auc(maps, masks).sum().item()
+            if reference is not None:
+                theirs = _maps(teacher, images.to(next(teacher.parameters()).device), *reference)
+                similarity = map_similarity(maps, theirs.to(maps.device))
+                sums["alignment_teacher_similarity"] += similarity.sum().item()
+            count += images.shape[0]
+    return {**{k: v / max(count, 1) for k, v in sums.items()}, "alignment_layer": layer}

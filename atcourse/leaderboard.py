@@ -101,6 +101,10 @@ def leaderboard(
         aligned = [r["final"]["alignment"] for r in recs if "alignment" in r["final"]]
         row["alignment_n"] = len(aligned)
         row["alignment"], row["alignment_std"] = _mean_std(aligned) if aligned else (None, None)
+        for key in ("pointing", "auc", "teacher_similarity"):
+            values = [r["final"][f"alignment_{key}"] for r in recs
+                      if f"alignment_{key}" in r["final"]]  # fmt: skip
+            row[key], row[f"{key}_std"] = _mean_std(values) if values else (None, None)
         row["records"] = [r.get("path") for r in recs]
         rows.append(row)
     _disambiguate(rows)
@@ -170,6 +174,7 @@ def to_markdown(rows: Sequence[dict[str, Any]], *, percent: bool = True) -> str:
 CSV_COLUMNS = (
     "label", "method", "dataset", "teacher", "student", "profile", "hparams", "n", "seeds",
     "metric", "mean", "std", "epoch_time_s", "alignment", "alignment_std", "alignment_n",
+    "pointing", "pointing_std", "auc", "auc_std", "teacher_similarity", "teacher_similarity_std",
 )  # fmt: skip
 
 

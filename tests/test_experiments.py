@@ -53,6 +53,7 @@ def test_train_entry_trains_once_then_reuses(capsys):
     first = experiments.train_entry(entry, cfg, progress=False)
     assert first.trained and first.name == "kd-wrn_10_1-shapes-smoke-s0"
     assert 0.0 <= first.final["alignment"] <= 1.0 and first.final["alignment_layer"] == "group2"
+    assert -1.0 <= first.final["alignment_teacher_similarity"] <= 1.0
     again = experiments.train_entry(entry, cfg, progress=False)
     assert not again.trained and again.final["test_acc"] == first.final["test_acc"]
     read = experiments.train_entry(entry, cfg, train=False)
@@ -63,13 +64,19 @@ def test_train_entry_trains_once_then_reuses(capsys):
     assert {r["label"] for r in rows} == {"kd", "teacher"}  # the zoo's teacher has a record
 
 
-def test_measure_alignment_reads_cnns_and_vits():
+def test_measure_attention_reads_cnns_and_vits_and_compares_with_the_teacher():
     from atcourse.data import load_dataset
 
     test_set = load_dataset("shapes", "test", size=16)
     for arch, layer in (("wrn_10_1", "group2"), ("vit_tiny", "blocks.")):
-        score, where = experiments.measure_alignment(models.build(arch), test_set, batch_size=8)
-        assert 0.0 < score < 1.0 and where.startswith(layer), (arch, where)
+        model = models.build(arch, seed=0)
+        scores = experiments.measure_attention(model, test_set, batch_size=8)
+        assert scores["alignment_layer"].startswith(layer), (arch, scores)
+        for key in ("alignment", "alignment_pointing", "alignment_auc"):
+            assert 0.0 <= scores[key] <= 1.0, (arch, key, scores)
+        assert "alignment_teacher_similarity" not in scores
+        itself = experiments.measure_attention(model, test_set, teacher=model, batch_size=8)
+        assert itself["alignment_teacher_similarity"] == pytest.approx(1.0)
     no_masks = load_dataset("shapes", "test", size=16)
     no_masks.masks = None
-    assert experiments.measure_alignment(models.build("wrn_10_1"), no_masks) is None
+    assert experiments.measure_attention(models.build("wrn_10_1"), no_masks) is None
