@@ -141,6 +141,7 @@ class EpochSums:
     def __init__(self, device: torch.device):
         self.losses: dict[str, torch.Tensor] = {}
         self.diagnostics: dict[str, torch.Tensor] = {}
+        self.reported: dict[str, int] = {}  # steps that reported each diagnostic
         self.correct = torch.zeros((), device=device)
         self.weights: dict[str, float] = {}
 
@@ -156,6 +157,7 @@ class EpochSums:
             self._add(self.losses, "total", loss)
             for key, value in out.diagnostics.items():
                 self._add(self.diagnostics, key, value)
+                self.reported[key] = self.reported.get(key, 0) + 1
             self.correct += (out.logits.detach().argmax(1) == labels).sum()
         self.weights = {k: float(out.weights.get(k, 1.0)) for k in out.loss_terms}
 
@@ -516,7 +518,7 @@ class _Run:
         row: dict[str, float] = {"epoch": epoch + 1, "lr": lr_at(self.cfg, epoch + 1 - 1e-9)}
         row.update({f"loss_{k}": v.item() / steps for k, v in sums.losses.items()})
         row.update({f"weight_{k}": w for k, w in sums.weights.items()})
-        row.update({f"diag_{k}": v.item() / steps for k, v in sums.diagnostics.items()})
+        row.update({f"diag_{k}": v.item() / sums.reported[k] for k, v in sums.diagnostics.items()})
         if self.cache is not None:  # share of the steps whose teacher outputs were stored
             row["teacher_cached"] = (self.cache.hits - hits) / steps
         row["train_acc"] = sums.correct.item() / seen

@@ -238,7 +238,7 @@ def test_weights_registry_and_errors(wrns):
     assert out.weights == {"ce": 1.0, "grad_at": 3.0}  # Section 3.2's beta / 2
     expected = out.loss_terms["ce"] + 3.0 * out.loss_terms["grad_at"]
     assert out.total.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert method.hparams() == {"beta": 6.0, "mode": "teacher", "flip_beta": 6.0}
+    assert method.hparams() == {"beta": 6.0, "mode": "teacher", "flip_beta": 6.0, "norm": "l2"}
 
     # each mode is a method of its own, registered the same way
     for name, mode in (("gradient_at", "teacher"), ("gradient_at_flip", "flip"),
@@ -266,4 +266,34 @@ def test_weights_registry_and_errors(wrns):
     # AT's mode knob (at_mode) never reaches gradient AT
     assert hparams_from_config("gradient_at_flip", {"at_mode": "paper", "beta": 1.0}) == {
         "beta": 1.0
+    }
+
+
+def test_the_squared_norm_and_the_monitor(wrns):
+    student, teacher = copy.deepcopy(wrns[0]), copy.deepcopy(wrns[1])
+    l2 = GradientAT(copy.deepcopy(student), copy.deepcopy(teacher), beta=2.0)
+    sq = GradientAT(copy.deepcopy(student), copy.deepcopy(teacher), beta=2.0, norm="squared")
+    a, b = l2(IMAGES, LABELS).loss_terms["grad_at"], sq(IMAGES, LABELS).loss_terms["grad_at"]
+    assert b.item() == pytest.approx(a.item() ** 2, rel=0.5)  # mean of squares >= square of mean
+    with pytest.raises(ValueError, match="norm must be one of"):
+        GradientAT(student, teacher, norm="l1")
+    watched = GradientAT(student, teacher, beta=2.0, monitor=2)
+    reported = [set(watched(IMAGES, LABELS).diagnostics) for _ in range(3)]
+    assert reported[1] == set()  # every second training step only
+    assert (
+        {
+            "weight_grad_norm/ce",
+            "weight_grad_norm/grad_at",
+            "cos_to_teacher/train_bn",
+            "cos_to_teacher/eval_bn",
+            "input_grad_norm/student",
+        }
+        <= reported[0]
+        == reported[2]
+    )
+    out = watched.eval()(IMAGES, LABELS)
+    assert out.diagnostics == {}  # never in evaluation
+    assert hparams_from_config("gradient_at", {"grad_norm": "squared", "grad_monitor": 5}) == {
+        "norm": "squared",
+        "monitor": 5,
     }

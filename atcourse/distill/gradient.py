@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Param
+from ..runtime import eval_mode
 from .attention import attention_map
 from .base import Distiller, DistillOutput, at_least_fp32
 from .registry import register
@@ -137,9 +138,14 @@ def gradient_attention_map(grad: Tensor, p: float = 1, normalize: bool = True) -
     return attention_map(grad, p=p, reduce="sum", normalize=normalize)
 
 
-def _mean_distance(a: Tensor, b: Tensor) -> Tensor:
-    """mean_b || a_b - b_b ||_2 over the flattened samples of two [B, ...] tensors."""
-    return (a - b).flatten(1).norm(p=2, dim=1).mean()
+_NORMS = ("l2", "squared")
+
+
+def _mean_distance(a: Tensor, b: Tensor, norm: str = "l2") -> Tensor:
+    """mean_b || a_b - b_b ||_2 (``"l2"``, Section 3.2) or its square (``"squared"``, the
+    Jacobian matching of Srinivas & Fleuret, ICML 2018) over two [B, ...] tensors."""
+    distance = (a - b).flatten(1).norm(p=2, dim=1)
+    return (distance.pow(2) if norm == "squared" else distance).mean()
 
 
 def _gradient_at(
@@ -176,7 +182,7 @@ def gradient_at_loss(
 
 
 def _flip_penalty(
-    model: nn.Module, images: Tensor, labels: Tensor, create_graph: bool
+    model: nn.Module, images: Tensor, labels: Tensor, create_graph: bool, norm: str = "l2"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(flip penalty, logits of ``images``, J(images)) from one forward of 2B images."""
     batch = images.shape[0]
@@ -185,7 +191,7 @@ def _flip_penalty(
     both = torch.cat([images, _flip(images)])  # [2B, C, H, W]
     grad, logits = _gradient_and_logits(model, both, labels.repeat(2), create_graph)
     grad_x, grad_flipped = grad[:batch], grad[batch:]
-    return _mean_distance(grad_x, _flip(grad_flipped)), logits[:batch], grad_x
+    return _mean_distance(grad_x, _flip(grad_flipped), norm), logits[:batch], grad_x
 
 
 def flip_invariance_loss(
@@ -253,6 +259,12 @@ class GradientAT(Distiller):
         beta: weight of the gradient-AT term (it weighs beta / 2); None: 0.25.
         mode: ``"teacher"``, ``"flip"`` or ``"both"``.
         flip_beta: weight of the flip term (it weighs flip_beta / 2); None: ``beta``.
+        norm: ``"l2"``, the unsquared norm of Section 3.2, or ``"squared"``, its square
+            (Jacobian matching, Srinivas & Fleuret 2018).
+        monitor: every ``monitor`` training steps (0: never), report as diagnostics each
+            term's gradient norm on the student's weights (``weight_grad_norm/<term>``), the
+            input gradients' norms, and cos(J_S, J_T) with J_S from batch norm in training
+            and in evaluation mode (``cos_to_teacher/train_bn``, ``.../eval_bn``).
     """
 
     name = "gradient_at"
@@ -260,6 +272,14 @@ class GradientAT(Distiller):
         "beta": Param(
             float, "weight of the input-gradient penalty, which counts beta / 2 (None: 0.25)",
             min=0.0,
+        ),
+        "grad_norm": Param(
+            str, "the penalty's norm: l2 (Section 3.2) or squared (Jacobian matching)",
+            choices=_NORMS, arg="norm",
+        ),
+        "grad_monitor": Param(
+            int, "every this many steps, report the per-term gradient norms and cos(J_S, J_T) "
+            "(0: never)", min=0, arg="monitor",
         ),
     }  # fmt: skip
     double_backward = True
@@ -272,11 +292,17 @@ class GradientAT(Distiller):
         beta: float | None = None,
         mode: str = "teacher",
         flip_beta: float | None = None,
+        norm: str = "l2",
+        monitor: int = 0,
     ):
         # Checked before the base class freezes the teacher, so a bad argument leaves both
         # models as they were.
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {', '.join(_MODES)}; got {mode!r}")
+        if norm not in _NORMS:
+            raise ValueError(f"norm must be one of {', '.join(_NORMS)}; got {norm!r}")
+        if monitor < 0:
+            raise ValueError(f"monitor must be >= 0 (0: never), got {monitor}")
         if mode != "flip" and teacher is None:
             raise ValueError(
                 f"gradient_at with mode={mode!r} compares the student's input gradient with a "
@@ -289,6 +315,8 @@ class GradientAT(Distiller):
         self.beta = float(DEFAULT_BETA if beta is None else beta)
         self.flip_beta = float(self.beta if flip_beta is None else flip_beta)
         self.mode = mode
+        self.norm, self.monitor = norm, int(monitor)
+        self._calls = 0
         self.name = {"teacher": "gradient_at", "flip": "gradient_at_flip"}.get(
             mode, "gradient_at_both"
         )
@@ -308,9 +336,10 @@ class GradientAT(Distiller):
             if self.mode == "teacher":
                 grad_s, logits = _gradient_and_logits(self.student, images, labels, True)
             else:
-                flip, logits, grad_s = _flip_penalty(self.student, images, labels, True)
-            if self.mode != "flip":
-                grad_at = _mean_distance(grad_s, self._teacher_gradient(images, labels))
+                flip, logits, grad_s = _flip_penalty(self.student, images, labels, True, self.norm)
+            grad_t = self._teacher_gradient(images, labels) if self.mode != "flip" else None
+            if grad_t is not None:
+                grad_at = _mean_distance(grad_s, grad_t, self.norm)
             terms["ce"] = F.cross_entropy(at_least_fp32(logits), labels)
             if self.mode != "flip":
                 terms["grad_at"] = grad_at
@@ -318,7 +347,41 @@ class GradientAT(Distiller):
             if self.mode != "teacher":
                 terms["flip"] = flip
                 weights["flip"] = self.flip_beta / 2
-        return DistillOutput(logits, terms, weights)
+            diagnostics = {}
+            if self.training and self.monitor and self._calls % self.monitor == 0:
+                diagnostics = self._monitor(images, labels, terms, weights, grad_s, grad_t)
+        self._calls += self.training
+        return DistillOutput(logits, terms, weights, diagnostics)
+
+    def _monitor(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        terms: dict[str, Tensor],
+        weights: dict[str, float],
+        grad_s: Tensor,
+        grad_t: Tensor | None,
+    ) -> dict[str, Tensor]:
+        """What the penalty does to the student: each term's pull on its weights and how
+        its input gradient points, with batch norm as in training and as in evaluation."""
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        out = {}
+        for name, value in terms.items():
+            grads = torch.autograd.grad(weights.get(name, 1.0) * value, params,
+                                        retain_graph=True, allow_unused=True)  # fmt: skip
+            norm = torch.sqrt(sum(g.pow(2).sum() for g in grads if g is not None))
+            out[f"weight_grad_norm/{name}"] = norm.detach()
+        out["input_grad_norm/student"] = grad_s.detach().flatten(1).norm(dim=1).mean()
+        if grad_t is not None:
+            with eval_mode(self.student):
+                grad_eval = input_gradient(self.student, images, labels)
+            flat_t = grad_t.flatten(1)
+            for mode, grad in (("train", grad_s.detach()), ("eval", grad_eval)):
+                cos = F.cosine_similarity(grad.flatten(1), flat_t, dim=1, eps=1e-20)
+                out[f"cos_to_teacher/{mode}_bn"] = cos.mean()
+            out["input_grad_norm/teacher"] = flat_t.norm(dim=1).mean()
+        return out
 
     def hparams(self) -> dict[str, Any]:
-        return {"beta": self.beta, "mode": self.mode, "flip_beta": self.flip_beta}
+        return {"beta": self.beta, "mode": self.mode, "flip_beta": self.flip_beta,
+                "norm": self.norm}  # fmt: skip
