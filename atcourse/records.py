@@ -173,7 +173,8 @@ def final_metrics(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     for split in ("val", "test"):
         if f"{split}_acc" in last:
             final[f"{split}_acc"] = last[f"{split}_acc"]
-            final[f"best_{split}_acc"] = max(r[f"{split}_acc"] for r in history)
+            final[f"best_{split}_acc"] = max(r[f"{split}_acc"] for r in history
+                                             if f"{split}_acc" in r)  # fmt: skip
     final["train_acc"] = last["train_acc"]
     final["train_time_s"] = sum(r["train_time_s"] for r in history)
     final["wall_time_s"] = sum(r["wall_time_s"] for r in history)

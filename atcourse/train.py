@@ -274,9 +274,10 @@ def fit(
         cfg: the resolved configuration (:func:`atcourse.config.configure`); uses the
             recipe (:data:`atcourse.config.RECIPE_KEYS`), ``seed``, ``device`` and
             ``precision``.
-        train_set: the training split; test_set, val_set: evaluated after every epoch
-            (``test_acc``, ``val_acc`` in the history), each optional. Choices are made on
-            the validation split; the test split is for reported results.
+        train_set: the training split; val_set: evaluated after every epoch (``val_acc``
+            in the history); test_set: evaluated once, after the last epoch (``test_acc`` in
+            its row and the final metrics). Both optional. Choices are made on the
+            validation split; the test split is for reported results.
         label: the run's row in tables (default: the method's name).
         name: the run's name (default: :func:`atcourse.records.run_name` of the label,
             student, task (the training set's name: the data set, or a class subset of it),
@@ -457,6 +458,8 @@ class _Run:
                 # rank evaluates (and rank 0 saves) rank 0's
                 distributed.broadcast_buffers(self.method, skip=("teacher",))
                 for split, loader in self.eval_loaders.items():
+                    if split == "test" and epoch + 1 < epochs:
+                        continue  # the test split is read once, after the last epoch
                     scores = _evaluate(self.method, loader, self.precision)
                     row[f"{split}_acc"], row[f"{split}_loss"] = scores["acc"], scores["loss"]
                 row["wall_time_s"] = time.perf_counter() - row.pop("_wall0")

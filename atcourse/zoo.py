@@ -163,14 +163,16 @@ def _train(
     classes: Sequence[int] | None,
 ) -> dict[str, Any]:
     """Train the model through the loop and save it; what was saved, marked trained now."""
-    train_set, *_, test_set = data if data is not None else load_splits(recipe)
+    splits = data if data is not None else load_splits(recipe)
+    train_set, test_set = splits[0], splits[-1]
+    val_set = splits[1] if len(splits) == 3 else None
     if classes is not None:
-        train_set = train_set.select_classes(classes)
-        test_set = test_set.select_classes(classes)
+        train_set, test_set = train_set.select_classes(classes), test_set.select_classes(classes)
+        val_set = val_set.select_classes(classes) if val_set is not None else None
     model = models.build(arch, num_classes=train_set.num_classes, seed=recipe["seed"])
     method = Baseline(model, label_smoothing=recipe.get("label_smoothing") or 0.0)
     result = fit(
-        method, recipe, train_set, test_set, label=role, name=path.stem,
+        method, recipe, train_set, test_set, val_set=val_set, label=role, name=path.stem,
         run_dir=paths.runs_root() / "zoo" / path.stem, resume="auto", replace=retrain,
         progress=progress,
     )  # fmt: skip
