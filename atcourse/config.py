@@ -4,7 +4,7 @@ A notebook's first code cell (tagged ``parameters``) holds literals only. The ne
 passes them to :func:`configure`, which
 
 1. rejects unknown names (listing the valid ones) and values of the wrong type or range,
-2. applies the ``ATCOURSE_PROFILE`` (and ``ATCOURSE_DEVICE``) environment overrides,
+2. applies the ``ATCOURSE_PROFILE`` (and ``ATCOURSE_DEVICE``, ``ATCOURSE_TEACHER_PROFILE``) environment overrides,
 3. fills every parameter left as ``None`` from the profile,
 4. prints the resolved configuration and returns it as a :class:`Config`.
 
@@ -486,6 +486,10 @@ def configure(profile: str = "lab", *, verbose: bool = True, **params: Any) -> C
     if env_device:
         checked["device"] = _check("device", env_device)
         sources["device"] = "ATCOURSE_DEVICE"
+    env_teacher = os.environ.get("ATCOURSE_TEACHER_PROFILE")
+    if env_teacher:  # e.g. smoke teachers for a quick check before the lab teacher ships
+        checked["teacher_profile"] = _check("teacher_profile", env_teacher)
+        sources["teacher_profile"] = "ATCOURSE_TEACHER_PROFILE"
 
     values: dict[str, Any] = {"profile": profile}
     sources.setdefault("profile", "given")

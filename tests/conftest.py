@@ -18,7 +18,7 @@ def isolated_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``ATCOURSE_DATA`` and ``ATCOURSE_RUNS`` in the test's own temporary folder."""
     monkeypatch.setenv("ATCOURSE_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("ATCOURSE_RUNS", str(tmp_path / "runs"))
-    for name in ("ATCOURSE_PROFILE", "ATCOURSE_DEVICE"):
+    for name in ("ATCOURSE_PROFILE", "ATCOURSE_DEVICE", "ATCOURSE_TEACHER_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 

@@ -70,6 +70,16 @@ def test_bad_env_profile_is_an_error(monkeypatch):
         configure("lab", verbose=False)
 
 
+def test_env_teacher_profile_overrides_the_profile_and_is_reported(monkeypatch):
+    monkeypatch.setenv("ATCOURSE_TEACHER_PROFILE", "smoke")
+    cfg = configure("smoke", verbose=False, teacher_profile="lab")
+    assert cfg.teacher_profile == "smoke"
+    assert cfg.source("teacher_profile") == "ATCOURSE_TEACHER_PROFILE"
+    monkeypatch.setenv("ATCOURSE_TEACHER_PROFILE", "tiny")
+    with pytest.raises(ConfigError, match="teacher_profile"):
+        configure("smoke", verbose=False)
+
+
 def test_method_knobs_get_their_documented_defaults():
     cfg = configure("smoke", verbose=False, alpha=None, T=None, at_mode=None)
     assert (cfg.alpha, cfg.T, cfg.at_mode) == (0.9, 4.0, "code")
