@@ -4,7 +4,8 @@ A notebook's first code cell (tagged ``parameters``) holds literals only. The ne
 passes them to :func:`configure`, which
 
 1. rejects unknown names (listing the valid ones) and values of the wrong type or range,
-2. applies the ``ATCOURSE_PROFILE`` (and ``ATCOURSE_DEVICE``, ``ATCOURSE_TEACHER_PROFILE``) environment overrides,
+2. applies the ``ATCOURSE_PROFILE`` (and ``ATCOURSE_DEVICE``, ``ATCOURSE_TEACHER_PROFILE``)
+   environment overrides,
 3. fills every parameter left as ``None`` from the profile,
 4. prints the resolved configuration and returns it as a :class:`Config`.
 
