@@ -132,6 +132,8 @@ def _train_config(args: argparse.Namespace) -> Any:
         )
     try:
         cfg = configure(args.profile, verbose=distributed.is_main(), **given)  # once, by rank 0
+        if cfg.arch is None:  # the profile's student
+            cfg = cfg.replace(arch=cfg.student_arch)
         for key, flag in (("arch", "--arch"), ("teacher_arch", "--teacher")):
             models.check_name(cfg[key], what=flag)
         hparams = hparams_from_config(args.method, cfg)
@@ -164,20 +166,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if METHODS[args.method].needs_teacher:
         teacher = zoo.teacher(cfg.teacher_arch, cfg=cfg, data=(train_set, val_set, test_set))
     method = build_method(args.method, student, teacher, **hparams)
+    label, name = None, args.name
+    if args.tune:  # one point of a choice made on validation: named by the values it tries
+        knobs = METHODS[args.method].knobs
+        given = [k for k in sorted(knobs) if k in cfg and cfg.source(k) == "given"]
+        tried = "-".join(f"{k}{cfg[k]:g}" if isinstance(cfg[k], float) else f"{k}{cfg[k]}"
+                         for k in given)  # fmt: skip
+        label = f"{args.method}-val" + (f"-{tried}" if tried else "")
     try:
         # A run of the same setting already there is continued or returned (two identical
         # commands started together: one trains, the other waits and returns its result).
-        result = fit(method, cfg, train_set, test_set, val_set=val_set, name=args.name,
-                     resume="auto", replace=args.replace, sync_bn=args.sync_bn)  # fmt: skip
+        result = fit(method, cfg, train_set, None if args.tune else test_set, val_set=val_set,
+                     label=label, name=name, resume="auto", replace=args.replace,
+                     sync_bn=args.sync_bn)  # fmt: skip
     except RunExistsError as exc:
         raise CLIError(str(exc)) from exc
     final = result.final
     if not distributed.is_main():
         return 0
     where = f" over {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+    score = (f"validation accuracy {result.history[-1]['val_acc']:.2%}" if args.tune
+             else f"test accuracy {final.get('test_acc', float('nan')):.2%}")  # fmt: skip
     print(
-        f"test accuracy {final.get('test_acc', float('nan')):.2%} after {final['epochs']} "
-        f"epochs{where}, {final['images_per_s']:.0f} images/s; record in {result.run_dir}"
+        f"{score} after {final['epochs']} epochs{where}, {final['images_per_s']:.0f} "
+        f"images/s; record in {result.run_dir}"
     )
     return 0
 
@@ -200,10 +212,12 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
             ) from None
     try:
         cfg = configure(args.profile, verbose=False, teacher_arch=args.arch, **given)
-        models.check_name(args.arch, what="--arch")
+        models.check_name(cfg.teacher_arch, what="--arch")
     except (ConfigError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
-    model = zoo.teacher(args.arch, cfg=cfg, classes=classes, retrain=args.retrain)
+    if "pretrain_scale" in given:  # pre-trained on more images than a student gets (06)
+        cfg = zoo.pretrain_config(cfg)
+    model = zoo.teacher(cfg.teacher_arch, cfg=cfg, classes=classes, retrain=args.retrain)
     info = model.zoo_info
     where = "shipped" if info.get("shipped") else ("loaded" if info["cached"] else "trained")
     print(f"{where}: {Path(info['path']).name}, test accuracy {info['final']['test_acc']:.2%}")
@@ -211,7 +225,7 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
         command = (
             " ".join(["atcourse teacher", *sys.argv[2:]])
             if sys.argv[1:2] == ["teacher"]
-            else f"atcourse teacher --arch {args.arch} --profile {args.profile}"
+            else f"atcourse teacher --arch {cfg.teacher_arch} --profile {args.profile}"
         )
         print(f"shipped as {zoo.ship(model, command)}")
     return 0
@@ -332,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     res.set_defaults(func=_cmd_results)
 
     tr = sub.add_parser("train", help="train one student (alone or distilled) through the loop")
-    tr.add_argument("--arch", default="wrn_16_1", help="student architecture (default wrn_16_1)")
+    tr.add_argument(
+        "--arch", default=None, help="student architecture (default: the profile's student_arch)"
+    )
     tr.add_argument(
         "--method",
         default="baseline",
@@ -340,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--teacher",
-        default="wrn_16_2",
-        help="teacher architecture, from the zoo (default wrn_16_2)",
+        default=None,
+        help="teacher architecture, from the zoo (default: the profile's teacher_arch)",
     )
     tr.add_argument("--profile", default="lab", choices=sorted(PROFILES))
     tr.add_argument("--dataset", default=None, help="default: the profile's")
@@ -353,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue an interrupted run of the same setting, or return it when it has "
         "finished (what happens anyway; a run of another setting is refused)",
+    )
+    tr.add_argument(
+        "--tune",
+        action="store_true",
+        help="a run that informs a choice: scored on the validation split only, the test "
+        "split never read; named after the method's -p values (e.g. kd-val-T2-...)",
     )
     tr.add_argument(
         "--replace", action="store_true", help="train a new run over the one already there"
@@ -386,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
         "teacher",
         help="load or train the zoo's teacher for a setting; --ship adds it to the package",
     )
-    te.add_argument("--arch", default="wrn_16_2", help="teacher architecture (default wrn_16_2)")
+    te.add_argument(
+        "--arch", default=None, help="teacher architecture (default: the profile's teacher_arch)"
+    )
     te.add_argument("--profile", default="lab", choices=sorted(PROFILES))
     te.add_argument("--classes", default=None, help="train on these classes only, e.g. 0,1,2,3,4")
     te.add_argument("--retrain", action="store_true", help="train it again, ignoring any copy")

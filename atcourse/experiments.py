@@ -27,7 +27,10 @@ from .models.vit_maps import cls_attention
 from .runtime import eval_mode
 from .train import fit
 
-__all__ = ["Entry", "ENTRIES", "EntryRun", "train_entry", "measure_attention"]
+__all__ = [
+    "Entry", "ENTRIES", "EntryRun", "PROFILE", "TEACHER", "student_arch", "teacher_arch",
+    "train_entry", "measure_attention",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,10 @@ class Entry:
             ``gradient_at_flip``, is a method of its own).
         hparams: keyword arguments of the method's constructor (None: its default); the
             same values the teaching notebook passes, so its finished run is reused.
-        teacher: teacher architecture (from the zoo), or None for a method without one.
-        student: student architecture.
+        teacher: teacher architecture (from the zoo), :data:`PROFILE` for the profile's
+            (``cfg.teacher_arch``), or None for a method without one.
+        student: student architecture, :data:`PROFILE` for the profile's
+            (``cfg.student_arch``), or :data:`TEACHER` for the profile's teacher.
         notebook: the notebook that teaches it (for notes and links).
         source: ``"fit"`` (trained by :func:`atcourse.train.fit`), ``"zoo.baseline"`` (the
             student alone) or ``"zoo.teacher"`` (the teacher).
@@ -51,8 +56,8 @@ class Entry:
     label: str
     method: str
     hparams: Mapping[str, Any] = field(default_factory=dict)
-    teacher: str | None = "wrn_16_2"
-    student: str = "wrn_16_1"
+    teacher: str | None = "profile"
+    student: str = "profile"
     notebook: str = ""
     source: str = "fit"
 
@@ -64,13 +69,18 @@ class Entry:
             )
 
 
+#: Architectures an entry takes from the profile (``cfg.student_arch``, ``cfg.teacher_arch``).
+PROFILE = "profile"
+#: An entry whose model is the profile's teacher (the "teacher" row).
+TEACHER = "teacher"
+
 _KD = {"alpha": 0.9, "T": 4.0}
 _AT = {"beta": None, "p": 2.0, "mode": "code"}
 
 #: The runs notebook 07 compares. One line per row: adding a method is adding its line.
 #: The hyperparameters are the teaching notebooks' defaults.
 ENTRIES: list[Entry] = [
-    Entry("teacher", "baseline", teacher=None, student="wrn_16_2", notebook="00",
+    Entry("teacher", "baseline", teacher=None, student="teacher", notebook="00",
           source="zoo.teacher"),
     Entry("baseline", "baseline", teacher=None, notebook="00", source="zoo.baseline"),
     Entry("kd", "kd", _KD, notebook="01"),
@@ -99,14 +109,28 @@ class EntryRun:
         return self.record.get("final", {})
 
 
+def student_arch(entry: Entry, cfg: Any) -> str:
+    """The entry's student architecture in ``cfg`` (the profile's where it says so)."""
+    if entry.student == PROFILE:
+        return cfg["student_arch"]
+    return cfg["teacher_arch"] if entry.student == TEACHER else entry.student
+
+
+def teacher_arch(entry: Entry, cfg: Any) -> str | None:
+    """The entry's teacher architecture in ``cfg``, None for a method without one."""
+    return cfg["teacher_arch"] if entry.teacher == PROFILE else entry.teacher
+
+
 def _zoo_checkpoint(entry: Entry, cfg: Any) -> Path:
     """Where the zoo keeps a zoo entry's model (its run folder has the same name)."""
     if entry.source == "zoo.teacher":
-        return zoo.teacher_path(entry.student, cfg)
-    return zoo.baseline_path(entry.student, cfg)
+        return zoo.teacher_path(student_arch(entry, cfg), cfg)
+    return zoo.baseline_path(student_arch(entry, cfg), cfg)
 
 
-def _restore_zoo_record(folder: Path, entry: Entry, model: torch.nn.Module, task: str) -> dict:
+def _restore_zoo_record(
+    folder: Path, entry: Entry, model: torch.nn.Module, task: str, cfg: Any
+) -> dict:
     """A run record rebuilt from a zoo checkpoint trained under another runs folder.
 
     The zoo's checkpoints are shared (``ATCOURSE_DATA``) while run records live in each
@@ -118,7 +142,7 @@ def _restore_zoo_record(folder: Path, entry: Entry, model: torch.nn.Module, task
     recipe = dict(info.get("recipe") or {})
     meta = {
         "name": folder.name, "label": entry.label, "task": task, "method": "baseline",
-        "student": entry.student, "teacher": None,
+        "student": student_arch(entry, cfg), "teacher": None,
         "student_params": sum(p.numel() for p in model.parameters()), "params": recipe,
         "hparams": {"label_smoothing": recipe.get("label_smoothing") or 0.0},
         "device": "unknown", "device_name": "unknown", "threads": None, "machine": None,
@@ -129,9 +153,9 @@ def _restore_zoo_record(folder: Path, entry: Entry, model: torch.nn.Module, task
     return records.read_record(folder) or {}
 
 
-def _record_matches(entry: Entry, record: Mapping[str, Any]) -> bool:
+def _record_matches(entry: Entry, record: Mapping[str, Any], cfg: Any) -> bool:
     """Whether a record was trained as ``entry`` asks (for reading without training)."""
-    if record.get("method") != entry.method or record.get("student") != entry.student:
+    if record.get("method") != entry.method or record.get("student") != student_arch(entry, cfg):
         return False
     hparams = record.get("hparams") or {}
     return all(v is None or hparams.get(k) == v for k, v in entry.hparams.items())
@@ -176,7 +200,7 @@ def train_entry(
         name = folder.name
     else:
         name = records.run_name(
-            entry.label, entry.student, cfg["dataset"], cfg["profile"], cfg["seed"]
+            entry.label, student_arch(entry, cfg), cfg["dataset"], cfg["profile"], cfg["seed"]
         )
         folder = records.run_dir(name)
 
@@ -190,7 +214,7 @@ def train_entry(
     )
     if not train and not cached:
         record = records.read_record(folder)
-        if record is None or not record.get("complete") or not _record_matches(entry, record):
+        if record is None or not record.get("complete") or not _record_matches(entry, record, cfg):
             print(f"note: no finished run {name} for {entry.label!r} (train=False: skipped)")
             return None
         return EntryRun(entry, name, record, None, trained=False)
@@ -200,22 +224,22 @@ def train_entry(
     teachers = {} if teachers is None else teachers
     if zoo_entry:
         get = zoo.teacher if entry.source == "zoo.teacher" else zoo.baseline
-        model = get(entry.student, cfg=cfg, data=data, progress=progress)
+        model = get(student_arch(entry, cfg), cfg=cfg, data=data, progress=progress)
         if entry.source == "zoo.teacher":
-            teachers.setdefault(entry.student, model)
+            teachers.setdefault(student_arch(entry, cfg), model)
         trained = not model.zoo_info.get("cached", True)
         record = records.read_record(folder) or _restore_zoo_record(
-            folder, entry, model, train_set.name
+            folder, entry, model, train_set.name, cfg
         )
     else:
-        teacher = None
-        if entry.teacher is not None:
-            if entry.teacher not in teachers:
-                teachers[entry.teacher] = zoo.teacher(
-                    entry.teacher, cfg=cfg, data=data, progress=progress
-                )
-            teacher = teachers[entry.teacher]
-        student = models.build(entry.student, num_classes=train_set.num_classes, seed=cfg["seed"])
+        teacher, t_arch = None, teacher_arch(entry, cfg)
+        if t_arch is not None:
+            if t_arch not in teachers:
+                teachers[t_arch] = zoo.teacher(t_arch, cfg=cfg, data=data, progress=progress)
+            teacher = teachers[t_arch]
+        student = models.build(
+            student_arch(entry, cfg), num_classes=train_set.num_classes, seed=cfg["seed"]
+        )
         method = build_method(entry.method, student, teacher, **entry.hparams)
         before = records.read_record(folder, warn=False)
         val_set = data[1] if len(data) == 3 else None
@@ -226,7 +250,7 @@ def train_entry(
         trained = before is None or before.get("updated") != record.get("updated")
     if alignment and record and "alignment_auc" not in record.get("final", {}):
         # maps are compared with the teacher's: the entry's, or the course's for the others
-        arch = entry.teacher or next(e.student for e in ENTRIES if e.source == "zoo.teacher")
+        arch = teacher_arch(entry, cfg) or cfg["teacher_arch"]
         if arch not in teachers:
             teachers[arch] = zoo.teacher(arch, cfg=cfg, data=data, progress=progress)
         scores = measure_attention(model, test_set, teacher=teachers[arch])

@@ -35,7 +35,7 @@ from .train import fit
 
 __all__ = [
     "teacher", "baseline", "checkpoint_path", "teacher_recipe", "teacher_path", "baseline_path",
-    "ZOO_VERSION", "SHIPPED", "ship",
+    "ZOO_VERSION", "SHIPPED", "ship", "pretrain_config",
 ]  # fmt: skip
 
 #: Bump when a change to the models or the loop makes old checkpoints wrong.
@@ -62,6 +62,16 @@ def teacher_recipe(arch: str, cfg: Config) -> Config:
         recipe = cfg.replace(profile=profile, **keep)
     seed = cfg.get("teacher_seed")
     return recipe.replace(epochs=recipe["teacher_epochs"], arch=arch, seed=seed or 0)
+
+
+def pretrain_config(cfg: Config) -> Config:
+    """The configuration of a teacher pre-trained on more images than its student gets:
+    ``pretrain_scale`` times its profile's ``train_size`` (all of a real data set when the
+    profile takes all of it). Notebook 06's ViT teacher is resolved this way."""
+    profile = cfg.get("teacher_profile") or cfg["profile"]
+    base = profile_defaults(profile)["train_size"]
+    size = None if base is None else int(cfg["pretrain_scale"] * base)
+    return cfg.replace(train_size=size)
 
 
 def teacher_path(arch: str, cfg: Config, classes: Sequence[int] | None = None) -> Path:

@@ -160,6 +160,13 @@ def test_train_command_trains_a_distilled_student(tmp_path, monkeypatch, capsys)
     assert record["hparams"]["T"] == 2.0 and record["teacher"] == "wrn_10_1"
     assert cli.main(["train", "--method", "distill_everything", *common]) == 2
     assert "choose one of" in capsys.readouterr().err
+    tune = ["train", "--arch", "wrn_10_1", "--teacher", "wrn_10_1", "--method", "kd", "--tune"]
+    assert cli.main([*tune, "-p", "T=8", "-p", "val_size=32", *common]) == 0
+    assert "validation accuracy" in capsys.readouterr().out
+    tuned = tmp_path / "runs" / "kd-val-T8-wrn_10_1-shapes-smoke-s0" / "record.json"
+    record = json.loads(tuned.read_text())  # a choice's run: never reads the test split
+    assert "test_acc" not in record["final"] and record["hparams"]["T"] == 8.0
+    assert "val_acc" in record["history"][-1]
 
 
 def test_results_command_prints_exports_and_updates_the_page(tmp_path, capsys):

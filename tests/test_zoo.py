@@ -1,5 +1,6 @@
 """The teacher zoo: trains once, then loads; the cache key follows the recipe; one trainer."""
 
+import json
 import multiprocessing as mp
 
 import torch
@@ -89,3 +90,19 @@ def test_a_class_subset_is_its_own_checkpoint():
     assert t.fc.out_features == 2 and t.zoo_info["classes"] == [3, 4]
     again = zoo.teacher("wrn_10_1", cfg=small, classes=(3, 4), progress=False)
     assert again.zoo_info["cached"] is True
+
+
+def test_a_shipped_teacher_is_loaded_on_an_empty_data_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "shipped")
+    cfg = _cfg()
+    trained = zoo.teacher("wrn_10_1", cfg=cfg, progress=False)
+    target = zoo.ship(trained, "atcourse teacher --arch wrn_10_1 --profile smoke")
+    sidecar = json.loads(target.with_suffix(".json").read_text())
+    assert sidecar["final"] == trained.zoo_info["final"] and sidecar["command"].startswith("atc")
+    monkeypatch.setenv("ATCOURSE_DATA", str(tmp_path / "fresh"))  # a fresh clone: no cache
+    monkeypatch.setenv("ATCOURSE_RUNS", str(tmp_path / "fresh-runs"))
+    loaded = zoo.teacher("wrn_10_1", cfg=cfg, progress=False)
+    assert loaded.zoo_info["shipped"] and loaded.zoo_info["cached"]
+    assert not (tmp_path / "fresh").exists() or not any((tmp_path / "fresh").rglob("*.pt"))
+    for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
