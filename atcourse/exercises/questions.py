@@ -22,9 +22,10 @@ QUESTIONS: dict[str, dict[str, Any]] = {
             "d": "Because KL divergence is measured in nats.",
         },
         "correct": "c",
-        "explanation": "The gradient w.r.t. the student's logits is T * (p_S - p_T), and p_S - "
-        "p_T shrinks like 1/T^2 for large T: T**2 undoes that, so changing T does not silently "
-        "re-weight the soft term against the cross-entropy.",
+        "explanation": "The gradient of KL(p_T || p_S) w.r.t. the student's logits is "
+        "(p_S - p_T) / T, and p_S - p_T itself shrinks like 1/T for large T, so the bare KL's "
+        "gradient falls like 1/T^2. Times T**2 it is T * (p_S - p_T), which tends to a limit: "
+        "changing T does not silently re-weight the soft term against the cross-entropy.",
         "feedback": {
             "a": "Sharpening (or softening) is what dividing the logits by T does; T**2 "
             "multiplies the loss afterwards.",
