@@ -216,8 +216,9 @@ class CATKD(Distiller):
     the loss) lies between about 1 and 50 after the first epoch; their CIFAR-100 values
     (:data:`CAT_KD_PAIRS`, ``cat_pair=``) range from 0.7 to 15 without normalization and
     15 to 600 with it. The course's defaults on ``shapes`` (:data:`DEFAULT_BETA`,
-    :data:`DEFAULT_NORMALIZED_BETA`) were chosen that way on the validation split; the
-    runs are in ``docs/calibration.md``.
+    :data:`DEFAULT_NORMALIZED_BETA`) put the logged term in that range; they have not been
+    re-chosen on the current ``shapes`` difficulty. Notebook 04's sweep (``sweep=``) compares
+    betas on the validation split, which is where a choice is made.
 
     Args:
         student, teacher: the networks, each ending in global average pooling and a linear

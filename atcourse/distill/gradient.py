@@ -247,7 +247,8 @@ class GradientAT(Distiller):
 
     Default beta: 0.25, for both penalties. The paper gives no value for this loss (its
     CIFAR experiments use NIN networks without batch norm, and the beta it quotes belongs to
-    activation AT); ``docs/calibration.md`` keeps the runs behind the default. J is the
+    activation AT); the default has not been re-chosen on the current ``shapes`` difficulty:
+    notebook 03's validation sweep (``sweep=``) is where to choose it. J is the
     gradient of the *summed* cross-entropy (row b is image b's own gradient): an
     implementation that differentiates the batch-mean cross-entropy gets gradients B times
     smaller, so at batch 64, beta here is 64 x beta there.
