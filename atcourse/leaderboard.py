@@ -202,9 +202,9 @@ def compare_to_reference(
     Returns:
         One dict per row that has a reference in its setting (the reference itself and rows
         of another student, such as the teacher, are left out), in the order of ``rows``:
-        ``label, method, dataset, profile, student, n, n_reference, mean, reference_mean,
-        gain, se, threshold`` (``z * se``; None where the verdict cannot be told) and
-        ``verdict``; accuracies as fractions, like the rows.
+        ``label, method, dataset, profile, student, teacher, n, n_reference, mean,
+        reference_mean, gain, se, threshold`` (``z * se``; None where the verdict cannot be
+        told) and ``verdict``; accuracies as fractions, like the rows.
     """
     if z <= 0:
         raise ValueError(f"z must be positive (standard errors a gain must exceed), got {z}")
@@ -227,7 +227,8 @@ def compare_to_reference(
             )  # fmt: skip
         out.append({
             "label": row["label"], "method": row["method"], "dataset": row["dataset"],
-            "profile": row["profile"], "student": row["student"], "n": row["n"],
+            "profile": row["profile"], "student": row["student"], "teacher": row["teacher"],
+            "n": row["n"],
             "n_reference": ref["n"], "mean": row["mean"], "reference_mean": ref["mean"],
             "gain": gain, "se": se, "threshold": threshold, "verdict": verdict,
         })  # fmt: skip

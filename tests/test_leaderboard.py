@@ -191,6 +191,7 @@ def test_verdicts_against_the_student_alone_follow_the_two_standard_error_rule()
     # by hand: means 0.81 and 0.72; stds 0.01 and 0.02; se = sqrt(0.01^2/3 + 0.02^2/3)
     se = (0.01**2 / 3 + 0.02**2 / 3) ** 0.5
     assert kd["gain"] == pytest.approx(0.09) and kd["se"] == pytest.approx(se)
+    assert kd["teacher"] == "wrn_16_2" and (kd["n"], kd["n_reference"]) == (3, 3)
     assert kd["threshold"] == pytest.approx(2 * se) and kd["verdict"] == "better"
     # at: gain 0.01 against stds 0.03 and 0.02: inside 2 standard errors
     assert found["at"]["gain"] == pytest.approx(0.01)
