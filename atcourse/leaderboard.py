@@ -75,7 +75,8 @@ def leaderboard(
     (the same run in two runs folders) count once: the later one.
 
     Each row: ``label, method, dataset, teacher, student, profile, hparams, n, seeds,
-    mean, std`` (sample std, n - 1; 0 for one seed), ``epoch_time_s`` (mean seconds of
+    values`` (``metric`` per seed, in the order of ``seeds``), ``mean, std`` (sample std,
+    n - 1; 0 for one seed), ``epoch_time_s`` (mean seconds of
     training per epoch), ``alignment`` and ``alignment_std`` (None where not recorded),
     ``alignment_n``, ``metric`` and ``records`` (their paths). Sorted by profile, data
     set, then ``mean`` from best to worst.
@@ -99,6 +100,7 @@ def leaderboard(
         row["metric"] = metric
         row["n"] = len(values)
         row["seeds"] = [r.get("params", {}).get("seed") for r in recs]
+        row["values"] = list(values)  # one per seed, in the order of ``seeds``
         row["mean"], row["std"] = _mean_std(values)
         times = [r["final"]["epoch_time_s"] for r in recs if r["final"].get("epoch_time_s")]
         row["epoch_time_s"] = statistics.fmean(times) if times else math.nan
@@ -186,13 +188,18 @@ def compare_to_reference(
 ) -> list[dict[str, Any]]:
     """Each row's gain over the reference row of its setting, and whether it beats the noise.
 
-    The rule, for a row ``a`` and the reference ``b`` (by default the student alone) of the
-    same data set, profile and student: ``gain = mean_a - mean_b``; each mean's standard
-    error is ``s / sqrt(n)`` (sample std over the seeds), so the gain's is
-    ``se = sqrt(s_a^2 / n_a + s_b^2 / n_b)``; the verdict is ``"better"`` when
+    The gain is *paired* by seed: a row ``a`` and the reference ``b`` (by default the student
+    alone) of the same data set, profile and student that were both run with seed ``s``
+    share the student's initialisation and batch order, so the comparison takes the
+    per-seed differences ``d_s = a_s - b_s`` over the seeds both rows have. ``gain`` is
+    their mean, its standard error ``se = s_d / sqrt(n)`` (``s_d`` the sample std of the
+    differences, ``n`` the number of shared seeds); the verdict is ``"better"`` when
     ``gain > z * se``, ``"worse"`` when ``gain < -z * se``, ``"within the noise"``
-    otherwise, and ``"cannot tell"`` when either row has fewer than two seeds (no spread to
-    measure the noise by). ``z = 2`` is about a 95% two-sided interval for a normal gain.
+    otherwise, and ``"cannot tell"`` when fewer than two seeds are shared (no spread to
+    measure the noise by). Pairing removes what a seed does to both runs alike (a lucky
+    initialisation), so it tells apart gains that the rows' own spreads would hide.
+    ``z = 2`` is about a 95% two-sided interval for a normal gain. Without a shared seed,
+    ``gain`` is the difference of the rows' means.
 
     Args:
         rows: :func:`leaderboard` rows.
@@ -202,9 +209,10 @@ def compare_to_reference(
     Returns:
         One dict per row that has a reference in its setting (the reference itself and rows
         of another student, such as the teacher, are left out), in the order of ``rows``:
-        ``label, method, dataset, profile, student, teacher, n, n_reference, mean,
-        reference_mean, gain, se, threshold`` (``z * se``; None where the verdict cannot be
-        told) and ``verdict``; accuracies as fractions, like the rows.
+        ``label, method, dataset, profile, student, teacher, n, n_reference, seeds`` (the
+        shared seeds), ``n_paired, mean, reference_mean, gain, se, threshold`` (``z * se``;
+        None where the verdict cannot be told) and ``verdict``; accuracies as fractions,
+        like the rows.
     """
     if z <= 0:
         raise ValueError(f"z must be positive (standard errors a gain must exceed), got {z}")
@@ -214,12 +222,16 @@ def compare_to_reference(
         ref = references.get(tuple(row[k] for k in _SETTING_KEYS))
         if ref is None or row is ref:
             continue
-        gain = row["mean"] - ref["mean"]
-        if min(row["n"], ref["n"]) < 2:
+        ref_by_seed = {s: v for s, v in zip(ref["seeds"], ref["values"]) if s is not None}
+        shared = [s for s in row["seeds"] if s is not None and s in ref_by_seed]
+        by_seed = dict(zip(row["seeds"], row["values"]))
+        diffs = [by_seed[s] - ref_by_seed[s] for s in shared]
+        gain = statistics.fmean(diffs) if diffs else row["mean"] - ref["mean"]
+        if len(diffs) < 2:
             se = threshold = None
             verdict = "cannot tell"
         else:
-            se = math.sqrt(row["std"] ** 2 / row["n"] + ref["std"] ** 2 / ref["n"])
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
             threshold = z * se
             verdict = (
                 "better" if gain > threshold else "worse" if gain < -threshold
@@ -228,8 +240,8 @@ def compare_to_reference(
         out.append({
             "label": row["label"], "method": row["method"], "dataset": row["dataset"],
             "profile": row["profile"], "student": row["student"], "teacher": row["teacher"],
-            "n": row["n"],
-            "n_reference": ref["n"], "mean": row["mean"], "reference_mean": ref["mean"],
+            "n": row["n"], "n_reference": ref["n"], "seeds": shared, "n_paired": len(diffs),
+            "mean": row["mean"], "reference_mean": ref["mean"],
             "gain": gain, "se": se, "threshold": threshold, "verdict": verdict,
         })  # fmt: skip
     return out
@@ -290,7 +302,7 @@ def paper_gain(
 
 
 #: The command whose runs a leaderboard is meant to show, said under a table of smoke runs.
-LAB_COMMAND = "atcourse run 07_leaderboard --profile lab"
+LAB_COMMAND = "atcourse run 07_leaderboard --profile lab --seeds 0,1,2"
 
 
 def smoke_notice(rows: Iterable[Mapping[str, Any]]) -> str | None:

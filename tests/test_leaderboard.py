@@ -188,21 +188,46 @@ def test_verdicts_against_the_student_alone_follow_the_two_standard_error_rule()
     found = {c["label"]: c for c in leaderboard.compare_to_reference(rows)}
     assert set(found) == {"kd", "at", "gradient_at", "cat_kd"}  # not the reference, nor teacher
     kd = found["kd"]
-    # by hand: means 0.81 and 0.72; stds 0.01 and 0.02; se = sqrt(0.01^2/3 + 0.02^2/3)
-    se = (0.01**2 / 3 + 0.02**2 / 3) ** 0.5
+    # by hand, paired by seed: differences 0.10, 0.09, 0.08; mean 0.09, std 0.01
+    se = 0.01 / 3**0.5
     assert kd["gain"] == pytest.approx(0.09) and kd["se"] == pytest.approx(se)
     assert kd["teacher"] == "wrn_16_2" and (kd["n"], kd["n_reference"]) == (3, 3)
+    assert kd["seeds"] == [0, 1, 2] and kd["n_paired"] == 3
     assert kd["threshold"] == pytest.approx(2 * se) and kd["verdict"] == "better"
-    # at: gain 0.01 against stds 0.03 and 0.02: inside 2 standard errors
+    # at: differences 0.00, 0.04, -0.01: mean 0.01, std sqrt(0.0007), inside 2 standard errors
     assert found["at"]["gain"] == pytest.approx(0.01)
+    assert found["at"]["se"] == pytest.approx((0.0007 / 3) ** 0.5)
     assert found["at"]["verdict"] == "within the noise"
     assert found["gradient_at"]["verdict"] == "worse"
     assert found["cat_kd"]["verdict"] == "cannot tell" and found["cat_kd"]["se"] is None
     # a stricter rule turns the same gain into noise: z scales the threshold
-    strict = {c["label"]: c for c in leaderboard.compare_to_reference(rows, z=10.0)}
+    strict = {c["label"]: c for c in leaderboard.compare_to_reference(rows, z=20.0)}
     assert strict["kd"]["verdict"] == "within the noise"
     with pytest.raises(ValueError, match="z must be positive"):
         leaderboard.compare_to_reference(rows, z=0.0)
+
+
+def test_verdicts_pair_the_runs_by_seed():
+    # wide spreads over seeds, but the method is ahead in every seed: the paired gain's
+    # standard error is that of the differences (0.02, 0.03, 0.02), not of the two spreads
+    recs = [
+        *(_record("baseline", s, a, teacher=None) for s, a in enumerate([0.60, 0.70, 0.80])),
+        *(_record("kd", s, a) for s, a in enumerate([0.62, 0.73, 0.82])),
+        *(_record("at", s, a) for s, a in [(3, 0.9), (4, 0.9)]),  # seeds the baseline lacks
+        *(_record("cat_kd", s, a) for s, a in [(1, 0.75), (2, 0.80), (5, 0.99)]),
+    ]
+    found = {c["label"]: c for c in leaderboard.compare_to_reference(leaderboard.leaderboard(recs))}
+    kd = found["kd"]
+    unpaired = ((0.1**2 + 0.1**2) / 3) ** 0.5  # the rows' own spreads would hide the gain
+    assert kd["gain"] == pytest.approx(0.07 / 3) and kd["gain"] < 2 * unpaired
+    assert kd["se"] == pytest.approx(statistics.stdev([0.02, 0.03, 0.02]) / 3**0.5)
+    assert kd["verdict"] == "better"
+    assert found["at"]["n_paired"] == 0 and found["at"]["verdict"] == "cannot tell"
+    assert found["at"]["gain"] == pytest.approx(0.9 - 0.7)  # no shared seed: the means
+    # only the shared seeds 1 and 2 count: differences 0.05 and 0.00
+    cat = found["cat_kd"]
+    assert cat["seeds"] == [1, 2] and cat["gain"] == pytest.approx(0.025)
+    assert cat["verdict"] == "within the noise"
 
 
 def test_verdicts_compare_only_rows_of_the_same_student_and_profile():
