@@ -3,9 +3,12 @@
 :func:`leaderboard` groups run records (:mod:`atcourse.records`) by *variant* (label,
 method, hyperparameters, task, teacher, student, profile, recipe), never by method name
 alone, and gives the mean and the sample standard deviation over seeds; :func:`to_markdown`
-and :func:`to_csv` export it. :func:`render_section` and :func:`update_page` regenerate the
-marked tables of ``docs/results.md`` from the records (``atcourse results --page
-docs/results.md``), beside the published numbers of :mod:`atcourse.anchors`.
+and :func:`to_csv` export it. :func:`compare_to_reference` gives each row's gain over the
+student alone with a verdict against the noise between seeds, :func:`paper_gain` the gain a
+paper reports for the method, and :func:`smoke_notice` the warning a table of smoke runs
+needs. :func:`render_section` and :func:`update_page` regenerate the marked tables of
+``docs/results.md`` from the records (``atcourse results --page docs/results.md``), beside
+the published numbers of :mod:`atcourse.anchors`.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from .config import PROFILES, RECIPE_KEYS
 from .records import load_records
 
 __all__ = [
-    "leaderboard", "to_markdown", "to_csv", "describe_machines", "render_section",
-    "update_page", "CSV_COLUMNS",
+    "leaderboard", "to_markdown", "to_csv", "compare_to_reference", "paper_gain",
+    "smoke_notice", "LAB_COMMAND", "describe_machines", "render_section", "update_page",
+    "CSV_COLUMNS",
 ]  # fmt: skip
 
 
@@ -71,7 +75,8 @@ def leaderboard(
     (the same run in two runs folders) count once: the later one.
 
     Each row: ``label, method, dataset, teacher, student, profile, hparams, n, seeds,
-    mean, std`` (sample std, n - 1; 0 for one seed), ``epoch_time_s`` (mean seconds of
+    values`` (``metric`` per seed, in the order of ``seeds``), ``mean, std`` (sample std,
+    n - 1; 0 for one seed), ``epoch_time_s`` (mean seconds of
     training per epoch), ``alignment`` and ``alignment_std`` (None where not recorded),
     ``alignment_n``, ``metric`` and ``records`` (their paths). Sorted by profile, data
     set, then ``mean`` from best to worst.
@@ -95,6 +100,7 @@ def leaderboard(
         row["metric"] = metric
         row["n"] = len(values)
         row["seeds"] = [r.get("params", {}).get("seed") for r in recs]
+        row["values"] = list(values)  # one per seed, in the order of ``seeds``
         row["mean"], row["std"] = _mean_std(values)
         times = [r["final"]["epoch_time_s"] for r in recs if r["final"].get("epoch_time_s")]
         row["epoch_time_s"] = statistics.fmean(times) if times else math.nan
@@ -169,6 +175,149 @@ def to_markdown(rows: Sequence[dict[str, Any]], *, percent: bool = True) -> str:
             f"{r['n']} | {acc} | {secs} | {align} |"
         )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- verdicts
+
+#: The rows a comparison sets side by side share these (the student alone of the same task).
+_SETTING_KEYS = ("dataset", "profile", "student")
+
+
+def compare_to_reference(
+    rows: Sequence[dict[str, Any]], *, reference: str = "baseline", z: float = 2.0
+) -> list[dict[str, Any]]:
+    """Each row's gain over the reference row of its setting, and whether it beats the noise.
+
+    The gain is *paired* by seed: a row ``a`` and the reference ``b`` (by default the student
+    alone) of the same data set, profile and student that were both run with seed ``s``
+    share the student's initialisation and batch order, so the comparison takes the
+    per-seed differences ``d_s = a_s - b_s`` over the seeds both rows have. ``gain`` is
+    their mean, its standard error ``se = s_d / sqrt(n)`` (``s_d`` the sample std of the
+    differences, ``n`` the number of shared seeds); the verdict is ``"better"`` when
+    ``gain > z * se``, ``"worse"`` when ``gain < -z * se``, ``"within the noise"``
+    otherwise, and ``"cannot tell"`` when fewer than two seeds are shared (no spread to
+    measure the noise by). Pairing removes what a seed does to both runs alike (a lucky
+    initialisation), so it tells apart gains that the rows' own spreads would hide.
+    ``z = 2`` is about a 95% two-sided interval for a normal gain. Without a shared seed,
+    ``gain`` is the difference of the rows' means.
+
+    Args:
+        rows: :func:`leaderboard` rows.
+        reference: the label of the reference row.
+        z: how many standard errors a gain must exceed.
+
+    Returns:
+        One dict per row that has a reference in its setting (the reference itself and rows
+        of another student, such as the teacher, are left out), in the order of ``rows``:
+        ``label, method, dataset, profile, student, teacher, n, n_reference, seeds`` (the
+        shared seeds), ``n_paired, mean, reference_mean, gain, se, threshold`` (``z * se``;
+        None where the verdict cannot be told) and ``verdict``; accuracies as fractions,
+        like the rows.
+    """
+    if z <= 0:
+        raise ValueError(f"z must be positive (standard errors a gain must exceed), got {z}")
+    references = {tuple(r[k] for k in _SETTING_KEYS): r for r in rows if r["label"] == reference}
+    out = []
+    for row in rows:
+        ref = references.get(tuple(row[k] for k in _SETTING_KEYS))
+        if ref is None or row is ref:
+            continue
+        ref_by_seed = {s: v for s, v in zip(ref["seeds"], ref["values"]) if s is not None}
+        shared = [s for s in row["seeds"] if s is not None and s in ref_by_seed]
+        by_seed = dict(zip(row["seeds"], row["values"]))
+        diffs = [by_seed[s] - ref_by_seed[s] for s in shared]
+        gain = statistics.fmean(diffs) if diffs else row["mean"] - ref["mean"]
+        if len(diffs) < 2:
+            se = threshold = None
+            verdict = "cannot tell"
+        else:
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+            threshold = z * se
+            verdict = (
+                "better" if gain > threshold else "worse" if gain < -threshold
+                else "within the noise"
+            )  # fmt: skip
+        out.append({
+            "label": row["label"], "method": row["method"], "dataset": row["dataset"],
+            "profile": row["profile"], "student": row["student"], "teacher": row["teacher"],
+            "n": row["n"], "n_reference": ref["n"], "seeds": shared, "n_paired": len(diffs),
+            "mean": row["mean"], "reference_mean": ref["mean"],
+            "gain": gain, "se": se, "threshold": threshold, "verdict": verdict,
+        })  # fmt: skip
+    return out
+
+
+def _family(arch: str | None) -> str:
+    match = re.match(r"[a-z]+", (arch or "").lower())
+    return match.group(0) if match else ""
+
+
+def _pair(a: Any) -> tuple:
+    return (a.dataset, a.metric, a.teacher, a.student)
+
+
+def paper_gain(
+    method: str, *, student: str | None = None, teacher: str | None = None
+) -> dict[str, Any] | None:
+    """The gain over the student alone a paper reports for ``method`` (:mod:`atcourse.anchors`).
+
+    Of the anchors of ``method`` that have a student-alone number for the same data set and
+    pair (from the same source where it has one), the one closest to ours: the same teacher
+    and student first, then the same student, then a student and teacher of the same
+    families (``wrn``, ``resnet``...), then a student of the same family, then the first
+    listed.
+
+    Returns:
+        None where no paper reports the method beside its student alone; else ``gain`` (in
+        accuracy points, top-1 or 100 - error), ``value``, ``baseline`` and
+        ``teacher_value`` (accuracies, %; the teacher's None where not published),
+        ``source``, ``dataset``, ``teacher``, ``student``.
+    """
+    pool = anchors()
+    candidates = []
+    for index, a in enumerate(pool):
+        if a.method != method or method in ("baseline", "teacher"):
+            continue
+        alone = [b for b in pool if b.method == "baseline" and _pair(b) == _pair(a)]
+        if not alone:
+            continue
+        base = next((b for b in alone if b.source == a.source), alone[0])
+        rank = (
+            a.student == student and a.teacher == teacher,
+            a.student == student,
+            _family(a.student) == _family(student) and _family(a.teacher) == _family(teacher),
+            _family(a.student) == _family(student),
+            -index,
+        )
+        candidates.append((rank, a, base))
+    if not candidates:
+        return None
+    _, a, base = max(candidates, key=lambda c: c[0])
+    same_pair = [t for t in pool if t.method == "teacher" and _pair(t) == _pair(a)]
+    return {
+        "gain": a.accuracy - base.accuracy, "value": a.accuracy, "baseline": base.accuracy,
+        "teacher_value": same_pair[0].accuracy if same_pair else None,
+        "source": a.source, "dataset": a.dataset, "teacher": a.teacher, "student": a.student,
+    }  # fmt: skip
+
+
+#: The command whose runs a leaderboard is meant to show, said under a table of smoke runs.
+LAB_COMMAND = "atcourse run 07_leaderboard --profile lab --seeds 0,1,2"
+
+
+def smoke_notice(rows: Iterable[Mapping[str, Any]]) -> str | None:
+    """What to say above a table that holds runs of the ``smoke`` profile (None if none).
+
+    Smoke runs train for seconds on a few hundred images: their accuracies sit near chance
+    and show that the mechanics work, nothing about the methods.
+    """
+    if not any(r.get("profile") == "smoke" for r in rows):
+        return None
+    return (
+        "These are smoke-profile runs, trained for seconds on a few hundred images: they test "
+        "that the mechanics work, and their accuracies say nothing about the methods. For results, "
+        f"run the lab profile: `{LAB_COMMAND}` (then `atcourse results --profile lab`)."
+    )
 
 
 CSV_COLUMNS = (

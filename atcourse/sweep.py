@@ -51,7 +51,7 @@ from typing import Any
 from . import paths
 from .config import ConfigError, parameters
 from .execute import run_job, run_job_in_process
-from .leaderboard import leaderboard, to_markdown
+from .leaderboard import leaderboard, smoke_notice, to_markdown
 from .records import load_records
 
 __all__ = [
@@ -523,4 +523,7 @@ def _print_leaderboard(profiles: set[Any]) -> None:
     rows = leaderboard(chosen)
     if rows:
         print(f"\nleaderboard of the run records in {paths.runs_root()}:\n")
+        notice = smoke_notice(rows)
+        if notice:  # said first: a newcomer reads the table as results otherwise
+            print(notice + "\n")
         print(to_markdown(rows))

@@ -62,12 +62,10 @@ OUTCOMES = {
         "none": {"scratch": 30, "fine-tune": 70, "attn_copy": 30},
     },
     "07-kd-against-noise": {
-        "beats": dict(kd_mean=80, kd_std=2, kd_n=3, baseline_mean=50, baseline_std=3, baseline_n=3),
-        "noise": dict(kd_mean=52, kd_std=5, kd_n=3, baseline_mean=50, baseline_std=5, baseline_n=3),
-        "worse": dict(kd_mean=40, kd_std=1, kd_n=3, baseline_mean=50, baseline_std=1, baseline_n=3),
-        "cannot_tell": dict(
-            kd_mean=78.2, kd_std=0, kd_n=1, baseline_mean=48.4, baseline_std=0, baseline_n=1
-        ),
+        "beats": dict(kd_gain=30.0, kd_se=2.0, n_paired=3),
+        "noise": dict(kd_gain=2.0, kd_se=1.5, n_paired=3),
+        "worse": dict(kd_gain=-10.0, kd_se=1.0, n_paired=3),
+        "cannot_tell": dict(kd_gain=29.8, kd_se=0.0, n_paired=1),
     },  # fmt: skip
 }
 

@@ -112,45 +112,45 @@ def check_gap_closed(fn: Callable[[float, float, float], float]) -> None:
 
 
 def _verdict(v: dict[str, float]) -> str:
-    if min(v["kd_n"], v["baseline_n"]) < 2:
+    # leaderboard.compare_to_reference's rule: the gain paired by seed against twice its
+    # standard error, and no verdict with fewer than two shared seeds
+    if v["n_paired"] < 2:
         return "cannot_tell"
-    se = math.sqrt(v["kd_std"] ** 2 / v["kd_n"] + v["baseline_std"] ** 2 / v["baseline_n"])
-    gap = v["kd_mean"] - v["baseline_mean"]
-    if abs(gap) <= 2 * se:
+    if abs(v["kd_gain"]) <= 2 * v["kd_se"]:
         return "noise"
-    return "beats" if gap > 0 else "worse"
+    return "beats" if v["kd_gain"] > 0 else "worse"
 
 
 KD_AGAINST_NOISE = Prediction(
-    prompt="Section 3's rule of thumb: a method beats the student alone when the gap between "
-    "the means is larger than about twice its standard error. For KD against the student "
-    "alone, with the runs your leaderboard holds once this notebook has trained what is "
-    "missing, what will the verdict be?",
+    prompt="Section 3's rule: a method beats the student alone when its gain, paired seed by "
+    "seed, is larger than twice its standard error. For KD against the student alone, with "
+    "the runs your leaderboard holds once this notebook has trained what is missing, what "
+    "will the verdict be?",
     choices={
         "beats": "KD beats the student alone by more than the noise",
-        "noise": "the gap is within the noise",
+        "noise": "the gain is within the noise",
         "worse": "KD is worse than the student alone by more than the noise",
-        "cannot_tell": "cannot tell: a row has a single seed",
+        "cannot_tell": "cannot tell: the two rows share fewer than two seeds",
     },
-    observed=("kd_mean", "kd_std", "kd_n", "baseline_mean", "baseline_std", "baseline_n"),
+    observed=("kd_gain", "kd_se", "n_paired"),
     decide=_verdict,
     measured=lambda v: (
-        f"KD {v['kd_mean']:.2f} ± {v['kd_std']:.2f}% over {v['kd_n']:.0f} "
-        f"seed(s), the student alone {v['baseline_mean']:.2f} ± {v['baseline_std']:.2f}% over "
-        f"{v['baseline_n']:.0f}"
+        f"KD {v['kd_gain']:+.2f} points over the student alone, paired over "
+        f"{v['n_paired']:.0f} seed(s)"
+        + (f", standard error {v['kd_se']:.2f} points" if v["n_paired"] >= 2 else "")
     ),
     why={
-        "beats": "The gap is more than twice its standard error: KD's gain survives the "
-        "seed-to-seed spread, which here includes the teachers' (each seed trains its own). "
-        "Fewer seeds, or a weaker teacher in one of them, could have left it within the noise.",
-        "noise": "The gap is within twice its standard error: the seeds disagree too much to "
-        "rank the two rows. More seeds shrink the standard error; paired runs (the same seeds "
-        "and teachers for both) remove the teachers' share of the spread.",
+        "beats": "The gain is more than twice its standard error: KD's gain survives the "
+        "seed-to-seed variation of the gain itself. With three seeds this is a screen, not a "
+        "proof; more seeds shrink the standard error.",
+        "noise": "The gain is within twice its standard error: from seed to seed, KD's gain "
+        "over the student alone varies too much to rank the two rows. More seeds shrink the "
+        "standard error.",
         "worse": "KD fell below the student alone by more than the noise: its soft targets "
-        "cost accuracy here, which a poor teacher does (a seed whose teacher ended weak "
-        "passes less on, or passes its mistakes on).",
-        "cannot_tell": "With a single seed there is no spread to compare the gap with, "
-        "however large it looks: another seed moves every run (in the stored three-seed lab "
-        "run the spreads were 5 to 8 points). `atcourse run 07 --seeds 0,1,2` gives three.",
+        "cost accuracy here, which a teacher that is wrong or over-confident on many "
+        "training images does.",
+        "cannot_tell": "With fewer than two seeds shared by the two rows there is no spread "
+        "of the gain to compare it with, however large it looks: another seed moves every "
+        "run. `atcourse run 07 --seeds 1,2` adds seeds 1 and 2.",
     },
 )
