@@ -42,3 +42,17 @@ def test_help_notebook_lists_every_parameter_with_its_default(path, caplog):
     assert listed == assigned(path)
     # papermill skips a line it cannot read (two '=' on it) with only a log warning
     assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_every_checked_cell_with_a_stored_output_has_an_execution_count(path):
+    # nbval refuses a cell whose reference output has no execution count ("Unrun reference
+    # cell has outputs"): a notebook edited by hand fails its smoke check only in CI.
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    unrun = [c.get("id", i) for i, c in enumerate(nb["cells"])
+             if c["cell_type"] == "code" and c.get("outputs") and c.get("execution_count") is None
+             and "NBVAL_CHECK_OUTPUT" in "".join(c["source"])]  # fmt: skip
+    assert not unrun, (
+        f"{path.name}: cells {unrun} keep outputs but no execution count; run them again "
+        f"(or give them a count) so nbval compares them"
+    )
