@@ -144,6 +144,11 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg, hparams = _train_config(args)  # every mistake is found before any data is loaded
+    if args.tune and not cfg.val_size:
+        raise CLIError(
+            "--tune scores a choice on the validation split, and val_size=0 leaves none: "
+            "drop -p val_size=0 (or give it a size), or train without --tune"
+        )
     # Under torchrun every process runs this command: they load the data alike, share one
     # teacher (zoo) and train one run (fit); rank 0 alone writes and prints.
     distributed.init()

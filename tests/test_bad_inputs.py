@@ -313,6 +313,27 @@ def test_a_bad_architecture_is_named_by_its_option_before_any_data_loads(flag, r
     assert _snapshot(*roots) == {}  # nothing generated, nothing trained
 
 
+def test_tune_without_a_validation_split_is_refused_before_any_data_loads(roots, capsys):
+    tiny = [a if a != "val_size=16" else "val_size=0" for a in TINY]
+    assert cli.main(["train", "--tune", *tiny]) == 2
+    err = capsys.readouterr().err
+    assert "--tune" in err and "val_size=0" in err and "drop -p val_size=0" in err
+    assert _snapshot(*roots) == {}
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--classes", "0,one"], "--classes expects class indices like 0,1,2, got '0,one'"),
+        (["--arch", "wrn_99"], "--arch 'wrn_99' is not a model"),
+    ],
+)
+def test_a_bad_teacher_command_names_its_option_before_any_data_loads(args, words, roots, capsys):
+    assert cli.main(["teacher", "--profile", "smoke", *args]) == 2
+    assert words in capsys.readouterr().err
+    assert _snapshot(*roots) == {}
+
+
 def test_an_unknown_method_or_notebook_lists_the_choices(capsys):  # answered well already
     assert cli.main(["train", "--method", "distill_everything", *TINY]) == 2
     assert "choose one of" in capsys.readouterr().err
