@@ -53,17 +53,28 @@ def test_shapes_train_and_test_images_unchanged_by_the_val_split() -> None:
     """
     assert split_seed(0, "train") == 6798706165211729750
     assert split_seed(0, "test") == 4289490633835912535
-    train = load_dataset("shapes", "train", size=64)
+    # The difficulty of that time, given explicitly (the defaults have since been eased).
+    before = dict(distractors=(2, 4), size_range=(12.0, 22.0), same_colour=0.25,
+                  occlusion=0.15, clutter=0.15)  # fmt: skip
+    train = load_dataset("shapes", "train", size=64, **before)
     assert _fingerprint(train) == (
         "37ba2fc8a0194420638f125647fa7790dc0a7ff77efd30c58436257ef39545b2"
     )
-    test = load_dataset("shapes", "test", size=50)
+    test = load_dataset("shapes", "test", size=50, **before)
     assert _fingerprint(test) == (
         "21693755076b11c723aeb2134bb4600ad95509163c1827176c1ee3b98fcace3d"
     )
     expected_mean = (0.4971769607843137, 0.4991485294117647, 0.5008561887254902)
     assert train.mean == pytest.approx(expected_mean, abs=1e-12)
+    # The current defaults: the images the shipped teachers were trained on.
+    assert _fingerprint(load_dataset("shapes", "train", size=64)) == (
+        "17e9f0c1c38f0e46431b929296201daf94df9266593dbbd47637e4b3ac066dcb"
+    )
+    assert _fingerprint(load_dataset("shapes", "test", size=50)) == (
+        "c7c7fc6a6bcbc483501cc0397ed61c3d78898a7fe4c9f2f9f6b118292eea95dd"
+    )
     # And load_dataset's train split is exactly the generator's train stream.
+    train = load_dataset("shapes", "train", size=64)
     images, labels, masks = generate_shapes(64, seed=split_seed(0, "train"))
     assert torch.equal(train.images, images) and torch.equal(train.labels, labels)
     assert train.masks is not None and torch.equal(train.masks, masks)
