@@ -100,10 +100,10 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace) -> Any:
-    """The configuration of ``atcourse train``: options and ``-p`` values, each given once."""
+def _given_params(texts: list[str]) -> dict[str, Any]:
+    """The ``-p KEY=VALUE`` values of a command, each key given once."""
     given: dict[str, Any] = {}
-    for text in args.param:
+    for text in texts:
         try:
             key, value = parse_assignment(text)
         except SweepError as exc:
@@ -111,6 +111,12 @@ def _train_config(args: argparse.Namespace) -> Any:
         if key in given:
             raise CLIError(f"-p {key}=... is given twice")
         given[key] = value
+    return given
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    """The configuration of ``atcourse train``: options and ``-p`` values, each given once."""
+    given = _given_params(args.param)
     options = {"arch": args.arch, "teacher_arch": args.teacher, "dataset": args.dataset,
                "device": args.device, "seed": args.seed}  # fmt: skip
     flags = {"arch": "--arch", "teacher_arch": "--teacher", "dataset": "--dataset",
@@ -200,13 +206,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_teacher(args: argparse.Namespace) -> int:
-    given: dict[str, Any] = {}
-    for text in args.param:
-        try:
-            key, value = parse_assignment(text)
-        except SweepError as exc:
-            raise CLIError(str(exc)) from exc
-        given[key] = value
+    given = _given_params(args.param)
     classes = None
     if args.classes:
         try:

@@ -326,6 +326,7 @@ def test_tune_without_a_validation_split_is_refused_before_any_data_loads(roots,
     [
         (["--classes", "0,one"], "--classes expects class indices like 0,1,2, got '0,one'"),
         (["--arch", "wrn_99"], "--arch 'wrn_99' is not a model"),
+        (["-p", "lr=0.1", "-p", "lr=0.2"], "-p lr=... is given twice"),
     ],
 )
 def test_a_bad_teacher_command_names_its_option_before_any_data_loads(args, words, roots, capsys):
