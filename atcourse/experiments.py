@@ -33,6 +33,12 @@ __all__ = [
 ]  # fmt: skip
 
 
+#: Architectures an entry takes from the profile (``cfg.student_arch``, ``cfg.teacher_arch``).
+PROFILE = "profile"
+#: An entry whose model is the profile's teacher (the "teacher" row).
+TEACHER = "teacher"
+
+
 @dataclass(frozen=True)
 class Entry:
     """One row of the course's comparison.
@@ -56,8 +62,8 @@ class Entry:
     label: str
     method: str
     hparams: Mapping[str, Any] = field(default_factory=dict)
-    teacher: str | None = "profile"
-    student: str = "profile"
+    teacher: str | None = PROFILE
+    student: str = PROFILE
     notebook: str = ""
     source: str = "fit"
 
@@ -69,18 +75,13 @@ class Entry:
             )
 
 
-#: Architectures an entry takes from the profile (``cfg.student_arch``, ``cfg.teacher_arch``).
-PROFILE = "profile"
-#: An entry whose model is the profile's teacher (the "teacher" row).
-TEACHER = "teacher"
-
 _KD = {"alpha": 0.9, "T": 4.0}
 _AT = {"beta": None, "p": 2.0, "mode": "code"}
 
 #: The runs notebook 07 compares. One line per row: adding a method is adding its line.
 #: The hyperparameters are the teaching notebooks' defaults.
 ENTRIES: list[Entry] = [
-    Entry("teacher", "baseline", teacher=None, student="teacher", notebook="00",
+    Entry("teacher", "baseline", teacher=None, student=TEACHER, notebook="00",
           source="zoo.teacher"),
     Entry("baseline", "baseline", teacher=None, notebook="00", source="zoo.baseline"),
     Entry("kd", "kd", _KD, notebook="01"),
@@ -194,14 +195,13 @@ def train_entry(
         An :class:`EntryRun`, or None when ``train=False`` and no matching complete run
         exists.
     """
+    arch = student_arch(entry, cfg)
     zoo_entry = entry.source in ("zoo.teacher", "zoo.baseline")
     if zoo_entry:
         folder = paths.runs_root() / "zoo" / _zoo_checkpoint(entry, cfg).stem
         name = folder.name
     else:
-        name = records.run_name(
-            entry.label, student_arch(entry, cfg), cfg["dataset"], cfg["profile"], cfg["seed"]
-        )
+        name = records.run_name(entry.label, arch, cfg["dataset"], cfg["profile"], cfg["seed"])
         folder = records.run_dir(name)
 
     # a zoo model shipped, or cached by another runs folder, has no record here: loading it
@@ -224,9 +224,9 @@ def train_entry(
     teachers = {} if teachers is None else teachers
     if zoo_entry:
         get = zoo.teacher if entry.source == "zoo.teacher" else zoo.baseline
-        model = get(student_arch(entry, cfg), cfg=cfg, data=data, progress=progress)
+        model = get(arch, cfg=cfg, data=data, progress=progress)
         if entry.source == "zoo.teacher":
-            teachers.setdefault(student_arch(entry, cfg), model)
+            teachers.setdefault(arch, model)
         trained = not model.zoo_info.get("cached", True)
         record = records.read_record(folder) or _restore_zoo_record(
             folder, entry, model, train_set.name, cfg
@@ -237,9 +237,7 @@ def train_entry(
             if t_arch not in teachers:
                 teachers[t_arch] = zoo.teacher(t_arch, cfg=cfg, data=data, progress=progress)
             teacher = teachers[t_arch]
-        student = models.build(
-            student_arch(entry, cfg), num_classes=train_set.num_classes, seed=cfg["seed"]
-        )
+        student = models.build(arch, num_classes=train_set.num_classes, seed=cfg["seed"])
         method = build_method(entry.method, student, teacher, **entry.hparams)
         before = records.read_record(folder, warn=False)
         val_set = data[1] if len(data) == 3 else None
@@ -250,10 +248,10 @@ def train_entry(
         trained = before is None or before.get("updated") != record.get("updated")
     if alignment and record and "alignment_auc" not in record.get("final", {}):
         # maps are compared with the teacher's: the entry's, or the course's for the others
-        arch = teacher_arch(entry, cfg) or cfg["teacher_arch"]
-        if arch not in teachers:
-            teachers[arch] = zoo.teacher(arch, cfg=cfg, data=data, progress=progress)
-        scores = measure_attention(model, test_set, teacher=teachers[arch])
+        ref = teacher_arch(entry, cfg) or cfg["teacher_arch"]
+        if ref not in teachers:
+            teachers[ref] = zoo.teacher(ref, cfg=cfg, data=data, progress=progress)
+        scores = measure_attention(model, test_set, teacher=teachers[ref])
         if scores is not None:
             record = records.record_metrics(folder, **scores)
     model.eval()
